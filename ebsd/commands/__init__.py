@@ -1,0 +1,1 @@
+"""Subcommands of ``ebsdtk`` (see :mod:`ebsd.cli`)."""

@@ -1,0 +1,28 @@
+"""Shared GPU kernels: Triton on CUDA, exact torch reference everywhere.
+
+Every public kernel is one function with a ``backend=`` argument:
+
+* ``None`` / ``"auto"`` (default): Triton when the input lives on a CUDA device and Triton is
+  importable, the torch reference otherwise. The environment variable ``EBSDTK_KERNEL_BACKEND``
+  (``auto``, ``torch`` or ``triton``) overrides the default for every call.
+* ``"torch"``: the reference implementation (always available, any device).
+* ``"triton"``: force the Triton kernel (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``).
+
+This package imports nothing from the other packages of the toolkit.
+"""
+from ._dispatch import KernelBackendError, resolve_backend, triton_available
+from .threshold import threshold, threshold_residual
+from .tucker import mode_product, multi_mode_product, tucker_to_tensor, unfold, fold
+
+__all__ = [
+    "KernelBackendError",
+    "resolve_backend",
+    "triton_available",
+    "threshold",
+    "threshold_residual",
+    "mode_product",
+    "multi_mode_product",
+    "tucker_to_tensor",
+    "unfold",
+    "fold",
+]

@@ -1,0 +1,10 @@
+"""LLM inference efficiency on unmodified Hugging Face ``transformers`` models.
+
+Submodules (imported on use; ``transformers`` is needed only by them, never by ``import llmeff``):
+``llmeff.griffin`` (FF expert selection), ``llmeff.kvcache`` (cache compression),
+``llmeff.tp`` (low-bit tensor-parallel communication), ``llmeff.caprese`` (low-rank distillation).
+"""
+from .errors import LLMEffError, LLMEffValueError, UnsupportedModelError
+
+__version__ = "0.1.0"
+__all__ = ["LLMEffError", "LLMEffValueError", "UnsupportedModelError", "__version__"]

@@ -1,0 +1,13 @@
+"""Errors raised by :mod:`llmeff`."""
+
+
+class LLMEffError(Exception):
+    """Base class of every error raised on purpose by :mod:`llmeff`."""
+
+
+class UnsupportedModelError(LLMEffError, TypeError):
+    """The model's architecture is not one this method knows how to hook; the message lists what is."""
+
+
+class LLMEffValueError(LLMEffError, ValueError):
+    """An argument is out of range (density, budget, rank...)."""

@@ -1,0 +1,13 @@
+"""Errors raised by :mod:`tensorrpca`."""
+
+
+class RPCAError(Exception):
+    """Base class of every error raised on purpose by :mod:`tensorrpca`."""
+
+
+class RPCAInputError(RPCAError, ValueError):
+    """The input tensor or an argument is invalid (order, ranks, dtype, NaN/inf, ranges)."""
+
+
+class RPCAConvergenceWarning(UserWarning):
+    """The iteration stopped at ``max_iter`` before reaching ``tol``, or diverged."""

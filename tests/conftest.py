@@ -1,0 +1,47 @@
+"""Shared test configuration.
+
+* Without CUDA, Triton kernels run in Triton's CPU interpreter: ``TRITON_INTERPRET=1`` is set here,
+  before anything imports :mod:`kernels`, so the interpreter tests exercise the real kernel code.
+* ``gpu`` tests skip cleanly without CUDA; ``napari`` tests skip without a display.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def pytest_collection_modifyitems(config, items):
+    has_cuda = torch.cuda.is_available()
+    has_display = bool(os.environ.get("DISPLAY"))
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+        if "napari" in item.keywords and not has_display:
+            item.add_marker(pytest.mark.skip(reason="needs a display (run under xvfb-run)"))
+
+
+def triton_ok() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """``../shared/data`` (real vendor files); tests using it skip when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
