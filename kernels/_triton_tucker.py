@@ -5,6 +5,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._dispatch import interpreting
+
 
 @triton.jit
 def _mode_product_kernel(
@@ -33,7 +35,7 @@ def _mode_product_kernel(
         elif PRECISION == "ieee":
             acc += tl.dot(m.to(tl.float32), t.to(tl.float32), input_precision="ieee")
         else:
-            acc += tl.dot(m, t)
+            acc += tl.dot(m, t, out_dtype=tl.float32)
     tl.store(
         o_ptr + a * stride_oa + offs_j[:, None] * stride_oj + offs_b[None, :],
         acc.to(o_ptr.dtype.element_ty),
@@ -59,6 +61,8 @@ def triton_mode_product(T: torch.Tensor, M: torch.Tensor, mode: int) -> torch.Te
         precision = "fp64"
     elif T.dtype == torch.float32:
         precision = "ieee"
+    elif interpreting():
+        precision = "ieee"  # Triton's CPU interpreter computes bf16 dots wrongly (seen with triton 3.9)
     else:
         precision = "native"  # bf16/fp16 operands, fp32 accumulation
     BJ = 16 if J <= 16 else (32 if J <= 32 else 64)

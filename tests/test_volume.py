@@ -1,0 +1,55 @@
+"""EBSDVolume: validation, conversions at the edge, copies."""
+import numpy as np
+import pytest
+import torch
+
+from ebsd import EBSDValueError, EBSDVolume, Phase
+
+
+def _q(shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(*shape, 4, generator=g)
+    return q / q.norm(dim=-1, keepdim=True)
+
+
+def test_defaults_and_numpy_input():
+    q = _q((2, 3, 4)).numpy()
+    v = EBSDVolume(q, spacing=(2, 0.5, 0.5))
+    assert v.shape == (2, 3, 4)
+    assert v.quaternions.dtype == torch.float32 and isinstance(v.quaternions, torch.Tensor)
+    assert v.phases.dtype == torch.int32 and v.valid.all() and v.fraction_indexed == 1.0
+    assert v.spacing == (2.0, 0.5, 0.5) and v.symmetry == "m-3m"
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(quaternions=np.zeros((2, 3, 4))), "shape"),
+        (dict(quaternions=np.ones((1, 2, 2, 4))), "not unit"),
+        (dict(quaternions=np.full((1, 1, 1, 4), np.nan)), "NaN"),
+        (dict(quaternions=np.tile([1.0, 0, 0, 0], (1, 2, 2, 1)), spacing=(1, -1, 1)), "spacing"),
+        (dict(quaternions=np.tile([1.0, 0, 0, 0], (1, 2, 2, 1)), confidence=np.ones((1, 2, 3))), "confidence"),
+        (dict(quaternions=[1, 0, 0, 0]), "numpy array or torch tensor"),
+    ],
+)
+def test_bad_input_raises_named_error(kwargs, match):
+    with pytest.raises(EBSDValueError, match=match):
+        EBSDVolume(**kwargs)
+
+
+def test_copy_slices_equals_and_symmetry_majority():
+    q = _q((4, 3, 3), seed=1)
+    phases = torch.ones(4, 3, 3, dtype=torch.int32)
+    phases[:, :, 1:] = 2
+    v = EBSDVolume(q, phases=phases, phase_info={1: Phase("Ni", "m-3m"), 2: Phase("Ti", "6/mmm")}, spacing=(3, 1, 1))
+    assert v.symmetry == "6/mmm"  # phase 2 covers 6 of 9 voxels per slice
+    c = v.copy()
+    c.quaternions[0, 0, 0] = -c.quaternions[0, 0, 0]  # q and -q: the same orientation
+    assert v.equals(c)
+    c.confidence[0, 0, 0] = 0.5
+    assert not v.equals(c)
+    s = v.slices(1, 3)
+    assert s.shape == (2, 3, 3) and s.origin[0] == 3.0
+    torch.testing.assert_close(s.quaternions, v.quaternions[1:3])
+    with pytest.raises(EBSDValueError):
+        v.slices(3, 9)
