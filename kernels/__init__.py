@@ -13,6 +13,7 @@ This package imports nothing from the other packages of the toolkit.
 from ._dispatch import KernelBackendError, resolve_backend, triton_available
 from .threshold import threshold, threshold_residual
 from .tucker import mode_product, multi_mode_product, tucker_to_tensor, unfold, fold
+from .rope_reconstruct import rope_reconstruct
 
 __all__ = [
     "KernelBackendError",
@@ -25,4 +26,5 @@ __all__ = [
     "tucker_to_tensor",
     "unfold",
     "fold",
+    "rope_reconstruct",
 ]

@@ -1,0 +1,99 @@
+"""Triton implementation of :func:`kernels.rope_reconstruct.rope_reconstruct`.
+
+One program per (batch, key-value head, block of BLOCK_N selected tokens): it gathers the r-vectors of its rows,
+multiplies them by the head's two halves of ``Bf`` (blocks of BLOCK_R ranks, float32 accumulation), then rotates
+and writes both halves.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rope_reconstruct_kernel(
+    a_ptr, b_ptr, idx_ptr, pos_ptr, f_ptr, o_ptr,
+    T, R, N, HK, HALF, scaling,
+    s_ab, s_at, s_ar,
+    s_bb, s_br, s_bc,
+    s_ib, s_ih, s_in,
+    s_pb, s_pt,
+    s_ob, s_oh, s_on, s_od,
+    BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr, USE_DOT: tl.constexpr,
+    IS64: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    b = pid_bh // HK
+    h = pid_bh % HK
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    rows = tl.load(idx_ptr + b * s_ib + h * s_ih + offs_n * s_in, mask=mask_n, other=0).to(tl.int64)
+    offs_h = tl.arange(0, BLOCK_H)
+    mask_h = offs_h < HALF
+    col1 = h * (2 * HALF) + offs_h
+    col2 = col1 + HALF
+    if IS64:
+        CDT = tl.float64
+    else:
+        CDT = tl.float32
+    acc1 = tl.zeros((BLOCK_N, BLOCK_H), dtype=CDT)
+    acc2 = tl.zeros((BLOCK_N, BLOCK_H), dtype=CDT)
+    for r0 in range(0, R, BLOCK_R):
+        offs_r = r0 + tl.arange(0, BLOCK_R)
+        mask_r = offs_r < R
+        a = tl.load(a_ptr + b * s_ab + rows[:, None] * s_at + offs_r[None, :] * s_ar,
+                    mask=mask_n[:, None] & mask_r[None, :], other=0.0)
+        bm = mask_r[:, None] & mask_h[None, :]
+        b1 = tl.load(b_ptr + b * s_bb + offs_r[:, None] * s_br + col1[None, :] * s_bc, mask=bm, other=0.0)
+        b2 = tl.load(b_ptr + b * s_bb + offs_r[:, None] * s_br + col2[None, :] * s_bc, mask=bm, other=0.0)
+        if USE_DOT:
+            acc1 += tl.dot(a, b1, out_dtype=tl.float32)
+            acc2 += tl.dot(a, b2, out_dtype=tl.float32)
+        else:
+            af = a.to(CDT)
+            acc1 += tl.sum(af[:, :, None] * b1.to(CDT)[None, :, :], axis=1)
+            acc2 += tl.sum(af[:, :, None] * b2.to(CDT)[None, :, :], axis=1)
+    pos = tl.load(pos_ptr + b * s_pb + rows * s_pt, mask=mask_n, other=0).to(CDT)
+    f = tl.load(f_ptr + offs_h, mask=mask_h, other=0.0).to(CDT)
+    th = pos[:, None] * f[None, :]
+    c = tl.cos(th) * scaling
+    s = tl.sin(th) * scaling
+    o1 = acc1 * c - acc2 * s
+    o2 = acc2 * c + acc1 * s
+    om = mask_n[:, None] & mask_h[None, :]
+    base = o_ptr + b * s_ob + h * s_oh + offs_n[:, None] * s_on
+    tl.store(base + offs_h[None, :] * s_od, o1.to(o_ptr.dtype.element_ty), mask=om)
+    tl.store(base + (offs_h[None, :] + HALF) * s_od, o2.to(o_ptr.dtype.element_ty), mask=om)
+
+
+def triton_rope_reconstruct(A, Bf, idx, positions, inv_freq, scaling: float) -> torch.Tensor:
+    B, T, R = A.shape
+    HK, N = idx.shape[1], idx.shape[2]
+    HALF = inv_freq.shape[0]
+    out = torch.empty(B, HK, N, 2 * HALF, dtype=A.dtype, device=A.device)
+    if out.numel() == 0:
+        return out
+    if Bf.dtype != A.dtype:
+        Bf = Bf.to(A.dtype)
+    is64 = A.dtype == torch.float64
+    inv_freq = (inv_freq.double() if is64 else inv_freq.float()).contiguous()
+    BLOCK_H = max(16, triton.next_power_of_2(HALF))
+    # tl.dot for half-precision factors on a GPU; the exact float32/float64 products otherwise
+    use_dot = A.is_cuda and A.dtype in (torch.float16, torch.bfloat16)
+    BLOCK_N = 32 if use_dot else 16
+    BLOCK_R = 32 if use_dot else 16
+    grid = (B * HK, triton.cdiv(N, BLOCK_N))
+    _rope_reconstruct_kernel[grid](
+        A, Bf, idx, positions, inv_freq, out,
+        T, R, N, HK, HALF, scaling,
+        A.stride(0), A.stride(1), A.stride(2),
+        Bf.stride(0), Bf.stride(1), Bf.stride(2),
+        idx.stride(0), idx.stride(1), idx.stride(2),
+        positions.stride(0), positions.stride(1),
+        out.stride(0), out.stride(1), out.stride(2), out.stride(3),
+        BLOCK_N=BLOCK_N, BLOCK_R=BLOCK_R, BLOCK_H=BLOCK_H, USE_DOT=use_dot, IS64=is64,
+        num_warps=4,
+    )
+    return out
