@@ -6,8 +6,8 @@ Exact command used for the model the GRIFFIN benchmark measures (one H100, share
 
 Steps (all inside the wall-clock budget ``--minutes``, corpus building and saving included):
 
-1. corpus: :func:`llmeff.lm.corpus.build_corpus` (Python stdlib sources + man pages, deterministic 3%
-   held-out split by file name);
+1. corpus: :func:`llmeff.lm.corpus.build_corpus` (Python stdlib sources, installed packages' Python
+   sources up to ``--max-site-mb``, man pages; deterministic 3% held-out split by file name);
 2. tokenizer: byte-level BPE (``tokenizers``), ``--vocab`` entries, trained on the training documents only,
    with ``<|endoftext|>`` between documents (also BOS/EOS/PAD);
 3. model: ``LlamaForCausalLM`` (default hidden 512, 8 layers, 8 heads, FF 1280, tied embeddings,
@@ -104,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--man", default="/usr/share/man", help="man page root ('' to skip)")
     ap.add_argument("--max-stdlib-mb", type=float, default=48.0)
     ap.add_argument("--max-man-mb", type=float, default=24.0)
+    ap.add_argument("--site", default="auto", help="site-packages folder for extra Python sources ('auto': "
+                    "this interpreter's purelib)")
+    ap.add_argument("--max-site-mb", type=float, default=96.0,
+                    help="cap on site-packages text (0: stdlib + man pages only)")
     ap.add_argument("--heldout-frac", type=float, default=0.03)
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--hidden", type=int, default=512)
@@ -123,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.time()
     if args.smoke:
         args.max_stdlib_mb, args.max_man_mb, args.vocab = min(args.max_stdlib_mb, 0.6), min(args.max_man_mb, 0.2), 512
+        args.max_site_mb = min(args.max_site_mb, 0.2)
         args.hidden, args.layers, args.heads, args.ff, args.seq, args.batch = 64, 2, 4, 160, 64, 8
         args.warmup, args.minutes, args.reserve_s = 5, min(args.minutes, 0.75), 5.0
         args.heldout_frac = max(args.heldout_frac, 0.1)
@@ -138,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
 
     corpus = build_corpus(Path(args.stdlib) if args.stdlib else None, Path(args.man) if args.man else None,
                           heldout_frac=args.heldout_frac, max_stdlib_mb=args.max_stdlib_mb,
-                          max_man_mb=args.max_man_mb, log=log)
+                          max_man_mb=args.max_man_mb, site=Path(args.site) if args.site not in ("auto", "") else
+                          (None if args.site == "" else "auto"), max_site_mb=args.max_site_mb, log=log)
     tok = train_tokenizer(corpus.train, args.vocab, log=log)
     train_ids = encode_stream(tok, corpus.train)
     held_ids = encode_stream(tok, corpus.heldout)
