@@ -1,4 +1,40 @@
-"""Orientation math on torch (CPU and GPU) with crystal symmetry, following orix's conventions."""
-from .conversions import euler_to_quat, quat_to_euler, positive_hemisphere
+"""Orientation math on torch (CPU and GPU, any leading shape) with crystal symmetry, following orix's
+conventions: unit quaternions ``(a, b, c, d)`` scalar first, Bunge Euler angles in radians, passive rotations
+(sample -> crystal), crystal symmetry acting on the left (``q`` ~ ``S_i q``).
 
-__all__ = ["euler_to_quat", "quat_to_euler", "positive_hemisphere"]
+Numpy arrays are accepted at the edge; functions added here give numpy back for numpy input.
+"""
+from .conversions import euler_to_quat, quat_to_euler, positive_hemisphere
+from .quaternion import (
+    axis_angle_to_quat,
+    matrix_to_quat,
+    quat_angle,
+    quat_conjugate,
+    quat_multiply,
+    quat_normalize,
+    quat_rotate,
+    quat_to_axis_angle,
+    quat_to_matrix,
+)
+from .symmetry import Symmetry, get_symmetry
+from .misorientation import misorientation, misorientation_angle, symmetry_equivalents
+
+__all__ = [
+    "euler_to_quat",
+    "quat_to_euler",
+    "positive_hemisphere",
+    "quat_multiply",
+    "quat_conjugate",
+    "quat_normalize",
+    "quat_rotate",
+    "axis_angle_to_quat",
+    "quat_to_axis_angle",
+    "quat_to_matrix",
+    "matrix_to_quat",
+    "quat_angle",
+    "Symmetry",
+    "get_symmetry",
+    "misorientation_angle",
+    "misorientation",
+    "symmetry_equivalents",
+]
