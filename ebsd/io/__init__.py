@@ -1,0 +1,197 @@
+"""Reading and writing 3-D EBSD volumes: one module per format.
+
+=================  ==========================================  ======================================
+format             read                                        write
+=================  ==========================================  ======================================
+``.ang``           :func:`ebsd.io.ang.read_ang` (one slice)    :func:`ebsd.io.ang.write_ang`
+folder/glob .ang   :func:`ebsd.io.ang_stack.read_ang_stack`    :func:`ebsd.io.ang_stack.write_ang_folder`
+``.dream3d``       :func:`ebsd.io.dream3d.read_dream3d`        :func:`ebsd.io.dream3d.write_dream3d`
+EDAX OIM ``.h5``   :func:`ebsd.io.h5oim.read_h5oim`            --
+``.h5ebsd``        :func:`ebsd.io.h5ebsd.read_h5ebsd`          --
+=================  ==========================================  ======================================
+
+Every reader raises :class:`ebsd.errors.EBSDFormatError` (naming the file and what is wrong) for a truncated,
+garbled or unsupported file; writers go through a temporary file and a rename and never replace an existing
+path without ``overwrite=True`` (:class:`ebsd.errors.EBSDFileExistsError`).
+
+Peak memory when reading HDF5 (``.dream3d``, ``.h5``, ``.h5ebsd``): the output tensors (quaternions 16 B,
+phases 4 B, CI 4 B, IQ 4 B, valid 1 B per voxel = 29 B/voxel) are allocated once and filled slab by slab
+(~64 MB of file data, or one scan/slice, at a time). :class:`EBSDVolume`'s own validation then needs about
+13 B/voxel of temporaries, so a 1000 x 1000 x 200 volume (2e8 voxels, 5.8 GB of tensors) peaks near 8.5 GB,
+not 3 copies (see ``tests/test_io_memory`` notes in the module docs of :mod:`ebsd.io.dream3d`).
+"""
+from __future__ import annotations
+
+import glob as _glob
+from pathlib import Path
+from typing import Any
+
+from ..errors import EBSDFormatError, EBSDValueError
+from ..volume import EBSDVolume
+
+__all__ = ["load_volume", "save_volume", "detect_format"]
+
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def _is_glob(s: str) -> bool:
+    return any(c in s for c in "*?[")
+
+
+def _sniff_hdf5(path: Path) -> str:
+    import h5py
+
+    from ._common import FormatContext
+
+    with FormatContext(path, "opening HDF5"):
+        try:
+            f = h5py.File(path, "r")
+        except OSError as exc:
+            raise EBSDFormatError(f"{path}: not a readable HDF5 file ({exc})") from None
+        with f:
+            if "DataContainers" in f:
+                return "dream3d"
+            if "ZStartIndex" in f and "ZEndIndex" in f:
+                return "h5ebsd"
+            from .h5oim import list_scans
+
+            if list_scans(f):
+                return "h5oim"
+            raise EBSDFormatError(
+                f"{path}: HDF5 file is neither DREAM.3D (/DataContainers), H5EBSD (ZStartIndex) nor EDAX OIM "
+                f"(<scan>/EBSD/Data); top-level entries: {list(f.keys())[:10]}"
+            )
+
+
+def detect_format(path) -> str:
+    """``"ang"``, ``"ang_stack"``, ``"dream3d"``, ``"h5oim"`` or ``"h5ebsd"`` (by name, then by content)."""
+    if isinstance(path, (list, tuple)):
+        return "ang_stack"
+    p = Path(path)
+    if p.is_dir():
+        return "ang_stack"
+    if not p.exists():
+        if _is_glob(str(path)):
+            return "ang_stack"
+        raise EBSDFormatError(f"{path}: no such file or folder")
+    suf = p.suffix.lower()
+    if suf == ".ang":
+        return "ang"
+    if suf in (".dream3d", ".h5ebsd", ".h5", ".hdf5", ".oh5", ".edaxh5", ""):
+        try:
+            with open(p, "rb") as f:
+                head = f.read(8)
+        except OSError as exc:
+            raise EBSDFormatError(f"{path}: cannot read ({exc})") from None
+        if head == _HDF5_MAGIC:
+            return _sniff_hdf5(p)
+        if suf in (".dream3d", ".h5ebsd", ".h5", ".hdf5", ".oh5", ".edaxh5"):
+            raise EBSDFormatError(f"{path}: not an HDF5 file (bad signature); the file is damaged or truncated")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4096)
+    except OSError as exc:
+        raise EBSDFormatError(f"{path}: cannot read ({exc})") from None
+    if head.startswith(_HDF5_MAGIC):
+        return _sniff_hdf5(p)
+    if head.lstrip().startswith(b"#"):
+        return "ang"
+    raise EBSDFormatError(
+        f"{path}: unknown format (expected .ang, a folder of .ang, .dream3d, EDAX .h5 or .h5ebsd)"
+    )
+
+
+def load_volume(
+    path,
+    z_spacing: float | None = None,
+    pattern: str | None = None,
+    progress: bool = False,
+    *,
+    format: str | None = None,
+    scan: Any = None,
+    container: str | None = None,
+    hex_to_square: bool = False,
+) -> EBSDVolume:
+    """Load an EBSD volume.
+
+    Args:
+        path: an ``.ang`` file; a folder (``pattern``, default ``*.ang``), glob string or list of ``.ang``
+            files stacked along z in natural order (S2 before S10); a ``.dream3d``; an EDAX OIM ``.h5``;
+            a DREAM.3D ``.h5ebsd``.
+        z_spacing: slice spacing dz in um (stacks; overrides what the file says).
+        pattern: file pattern inside a folder of slices.
+        progress: show a tqdm progress bar.
+        format: force a reader (``"ang"``, ``"ang_stack"``, ``"dream3d"``, ``"h5oim"``, ``"h5ebsd"``).
+        scan: EDAX OIM ``.h5`` only: scan name or index (default: all scans, stacked when their grids agree).
+        container: ``.dream3d`` only: data container name (default: the first with EBSD cell data).
+        hex_to_square: ``.ang`` only: resample a HexGrid scan onto a square grid instead of raising.
+
+    Raises:
+        EBSDFormatError: the file is missing, truncated, garbled, or not a format we read.
+    """
+    fmt = format or detect_format(path)
+    if fmt == "ang":
+        from .ang import read_ang
+
+        return read_ang(path, z_spacing=z_spacing, hex_to_square=hex_to_square)
+    if fmt == "ang_stack":
+        from .ang_stack import read_ang_stack
+
+        return read_ang_stack(path, z_spacing=z_spacing, pattern=pattern, progress=progress,
+                              hex_to_square=hex_to_square)
+    if fmt == "dream3d":
+        from .dream3d import read_dream3d
+
+        vol = read_dream3d(path, container=container, progress=progress)
+        if z_spacing is not None:
+            vol.spacing = (float(z_spacing), vol.spacing[1], vol.spacing[2])
+        return vol
+    if fmt == "h5oim":
+        from .h5oim import read_h5oim
+
+        return read_h5oim(path, scan=scan, z_spacing=z_spacing, progress=progress)
+    if fmt == "h5ebsd":
+        from .h5ebsd import read_h5ebsd
+
+        return read_h5ebsd(path, z_spacing=z_spacing, progress=progress)
+    raise EBSDValueError(f"unknown format {fmt!r}; use ang, ang_stack, dream3d, h5oim or h5ebsd")
+
+
+def save_volume(vol: EBSDVolume, path, overwrite: bool = False, format: str | None = None,
+                progress: bool = False) -> Path:
+    """Save ``vol``: ``.dream3d`` (exact round trip), or a folder of ``.ang`` slices (one per z,
+    ``slice_0000.ang`` ...; any path without the ``.dream3d`` suffix, or ``format="ang"``), or one ``.ang`` file
+    (a path ending in ``.ang`` for a single-slice volume).
+
+    Writes go to a temporary file/folder that is renamed into place. An existing ``path`` raises
+    :class:`ebsd.errors.EBSDFileExistsError` unless ``overwrite=True``. Returns the path written.
+    """
+    if not isinstance(vol, EBSDVolume):
+        raise EBSDValueError(f"save_volume needs an EBSDVolume, got {type(vol).__name__}")
+    p = Path(path)
+    suf = p.suffix.lower()
+    fmt = format
+    if fmt is None:
+        if suf == ".dream3d":
+            fmt = "dream3d"
+        elif suf == ".ang" and vol.shape[0] == 1:
+            fmt = "ang_file"
+        elif suf in (".h5", ".h5ebsd", ".hdf5", ".oh5"):
+            raise EBSDValueError(f"{path}: writing {suf} is not supported; save as .dream3d or an .ang folder")
+        else:
+            fmt = "ang"
+    if fmt == "dream3d":
+        from .dream3d import write_dream3d
+
+        return write_dream3d(vol, p, overwrite=overwrite, progress=progress)
+    if fmt in ("ang", "ang_folder", "ang_stack"):
+        from .ang_stack import write_ang_folder
+
+        return write_ang_folder(vol, p, overwrite=overwrite, progress=progress)
+    if fmt == "ang_file":
+        from .ang import write_ang
+
+        if vol.shape[0] != 1:
+            raise EBSDValueError(f"a single .ang file holds one slice; the volume has {vol.shape[0]} (use a folder)")
+        return write_ang(vol, p, overwrite=overwrite)
+    raise EBSDValueError(f"unknown format {fmt!r}; use 'dream3d' or 'ang'")

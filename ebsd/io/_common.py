@@ -1,0 +1,198 @@
+"""Helpers shared by the readers and writers in :mod:`ebsd.io` (symmetry tables, error wrapping,
+Euler -> quaternion conversion into preallocated buffers, JSON-safe metadata)."""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from ..errors import EBSDError, EBSDFormatError
+
+# ---------------------------------------------------------------------------------------------- symmetry
+# EDAX/TSL Laue-group codes of the .ang "Symmetry" header line (EbsdLib AngConstants.h).
+TSL_CODE_TO_LAUE: dict[int, str] = {
+    43: "m-3m", 23: "m-3", 42: "4/mmm", 4: "4/m", 22: "mmm", 2: "2/m", 20: "2/m", 21: "2/m",
+    62: "6/mmm", 6: "6/m", 32: "-3m", 3: "-3", 1: "-1",
+}
+LAUE_TO_TSL_CODE: dict[str, int] = {
+    "m-3m": 43, "m-3": 23, "4/mmm": 42, "4/m": 4, "mmm": 22, "2/m": 2, "6/mmm": 62, "6/m": 6,
+    "-3m": 32, "-3": 3, "-1": 1,
+}
+# DREAM.3D / EbsdLib CrystalStructure enumeration (EbsdLibConstants.h); 999 = unknown.
+DREAM3D_CODE_TO_LAUE: dict[int, str] = {
+    0: "6/mmm", 1: "m-3m", 2: "6/m", 3: "m-3", 4: "-1", 5: "2/m", 6: "mmm", 7: "4/m", 8: "4/mmm",
+    9: "-3", 10: "-3m",
+}
+LAUE_TO_DREAM3D_CODE: dict[str, int] = {v: k for k, v in DREAM3D_CODE_TO_LAUE.items()}
+DREAM3D_UNKNOWN = 999
+
+# Point-group / Laue names (as orix and vendors write them) -> Laue class.
+_NAME_TO_LAUE: dict[str, str] = {
+    "m-3m": "m-3m", "m3m": "m-3m", "432": "m-3m", "-43m": "m-3m",
+    "m-3": "m-3", "m3": "m-3", "23": "m-3",
+    "4/mmm": "4/mmm", "422": "4/mmm", "4mm": "4/mmm", "-42m": "4/mmm", "-4m2": "4/mmm",
+    "4/m": "4/m", "4": "4/m", "-4": "4/m",
+    "mmm": "mmm", "222": "mmm", "mm2": "mmm",
+    "2/m": "2/m", "2": "2/m", "m": "2/m", "121": "2/m", "112": "2/m", "211": "2/m",
+    "6/mmm": "6/mmm", "622": "6/mmm", "6mm": "6/mmm", "-6m2": "6/mmm", "-62m": "6/mmm",
+    "6/m": "6/m", "6": "6/m", "-6": "6/m",
+    "-3m": "-3m", "32": "-3m", "321": "-3m", "312": "-3m", "3m": "-3m", "-3m1": "-3m", "-31m": "-3m",
+    "-3": "-3", "3": "-3",
+    "-1": "-1", "1": "-1",
+}
+LAUE_NAMES = tuple(LAUE_TO_TSL_CODE)
+
+
+def _external_get_symmetry():
+    """``ebsd.orientation.get_symmetry`` once it exists (another module's work), else ``None``."""
+    try:
+        from ..orientation import get_symmetry  # type: ignore[attr-defined]
+    except Exception:
+        return None
+    return get_symmetry
+
+
+def laue_from_tsl(value: Any) -> str | None:
+    """A TSL ``Symmetry`` value (code ``43`` or a name like ``"432"``/``"m-3m"``) -> Laue name, else ``None``.
+
+    Numeric codes use the TSL table (so ``"32"`` is -3m, ``"2"`` is 2/m: both agree with the point-group
+    reading). When :func:`ebsd.orientation.get_symmetry` exists its answer is used for codes it knows.
+    """
+    s = str(value).strip()
+    if re.fullmatch(r"[+-]?\d+", s):
+        code = int(s)
+        if code in TSL_CODE_TO_LAUE:
+            ext = _external_get_symmetry()
+            if ext is not None:
+                try:
+                    got = ext(code)
+                    name = getattr(got, "laue_name", None) or getattr(got, "name", None) or got
+                    name = _NAME_TO_LAUE.get(str(name))
+                    if name is not None:
+                        return name
+                except Exception:
+                    pass
+            return TSL_CODE_TO_LAUE[code]
+        return _NAME_TO_LAUE.get(s)
+    return _NAME_TO_LAUE.get(s)
+
+
+def laue_from_name(value: Any) -> str | None:
+    return _NAME_TO_LAUE.get(str(value).strip())
+
+
+# ---------------------------------------------------------------------------------------------- errors
+class FormatContext:
+    """Turns any exception raised inside ``with FormatContext(path, what):`` into an
+    :class:`EBSDFormatError` naming the file (our own :class:`EBSDError` s pass through unchanged)."""
+
+    def __init__(self, path, what: str = "reading"):
+        self.path = str(path)
+        self.what = what
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None:
+            return False
+        if isinstance(exc, EBSDError) or isinstance(exc, (KeyboardInterrupt, SystemExit, MemoryError)):
+            return False
+        msg = str(exc).strip() or exc_type.__name__
+        if len(msg) > 300:
+            msg = msg[:300] + "..."
+        raise EBSDFormatError(f"{self.path}: {self.what} failed: {exc_type.__name__}: {msg}") from exc
+
+
+def fmt_error(path, msg: str) -> EBSDFormatError:
+    return EBSDFormatError(f"{path}: {msg}")
+
+
+# ---------------------------------------------------------------------------------------------- orientations
+def euler_rows_to_quat(euler: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``(..., 3)`` Bunge Euler angles (radians, any float dtype) -> float32 unit quaternions, computed in
+    float64 (so they agree with orix to ~1e-7) and written into ``out`` when given."""
+    from ..orientation import euler_to_quat
+
+    q = euler_to_quat(torch.from_numpy(np.asarray(euler, dtype=np.float64)))
+    if out is None:
+        return q.to(torch.float32)
+    out.copy_(q)
+    return out
+
+
+def quat_to_euler_np(q: torch.Tensor) -> np.ndarray:
+    """float32/float64 quaternions -> float64 Euler angles in radians (computed in float64)."""
+    from ..orientation import quat_to_euler
+
+    return quat_to_euler(q.detach().to("cpu", torch.float64)).numpy()
+
+
+def check_finite(path, name: str, arr: np.ndarray) -> None:
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).sum())
+        raise fmt_error(path, f"{name} contains {bad} NaN/inf value(s); the file is damaged")
+
+
+# ---------------------------------------------------------------------------------------------- metadata
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, bool)) or obj is None:
+        return obj
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if math.isfinite(f) else str(f)
+    if isinstance(obj, torch.Tensor):
+        return _jsonable(obj.detach().cpu().numpy())
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)
+
+
+def metadata_to_json(metadata: dict) -> str:
+    """JSON text of ``metadata`` (numpy/torch values become lists, unknown objects their ``str``)."""
+    return json.dumps(_jsonable(metadata), allow_nan=False)
+
+
+# ---------------------------------------------------------------------------------------------- sorting
+def natural_key(s: str) -> list:
+    """Sort key so that ``S2`` sorts before ``S10``."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)]
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, desc: str, enabled: bool) -> Iterator:
+    if not enabled:
+        class _Null:
+            def update(self, n=1):
+                pass
+        yield _Null()
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="slice")
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def file_size(path) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return -1
