@@ -50,11 +50,11 @@ _NAME_TO_LAUE: dict[str, str] = {
 LAUE_NAMES = tuple(LAUE_TO_TSL_CODE)
 
 
-def _external_get_symmetry():
-    """``ebsd.orientation.get_symmetry`` once it exists (another module's work), else ``None``."""
+def _get_symmetry():
+    """:func:`ebsd.orientation.get_symmetry` (the project's symmetry table), or ``None`` if unavailable."""
     try:
-        from ..orientation import get_symmetry  # type: ignore[attr-defined]
-    except Exception:
+        from ..orientation import get_symmetry
+    except Exception:  # pragma: no cover - only while ebsd.orientation is incomplete
         return None
     return get_symmetry
 
@@ -62,26 +62,40 @@ def _external_get_symmetry():
 def laue_from_tsl(value: Any) -> str | None:
     """A TSL ``Symmetry`` value (code ``43`` or a name like ``"432"``/``"m-3m"``) -> Laue name, else ``None``.
 
-    Numeric codes use the TSL table (so ``"32"`` is -3m, ``"2"`` is 2/m: both agree with the point-group
-    reading). When :func:`ebsd.orientation.get_symmetry` exists its answer is used for codes it knows.
+    Digit strings are TSL codes (``"32"`` is -3m, ``"2"`` 2/m, ``"20"`` 2/m; these agree with the
+    point-group reading). Uses :func:`ebsd.orientation.get_symmetry`; the local table is only a fallback.
     """
     s = str(value).strip()
-    if re.fullmatch(r"[+-]?\d+", s):
-        code = int(s)
-        if code in TSL_CODE_TO_LAUE:
-            ext = _external_get_symmetry()
-            if ext is not None:
-                try:
-                    got = ext(code)
-                    name = getattr(got, "laue_name", None) or getattr(got, "name", None) or got
-                    name = _NAME_TO_LAUE.get(str(name))
-                    if name is not None:
-                        return name
-                except Exception:
-                    pass
-            return TSL_CODE_TO_LAUE[code]
-        return _NAME_TO_LAUE.get(s)
+    digits = re.fullmatch(r"[+-]?\d+", s) is not None
+    get = _get_symmetry()
+    if get is not None:
+        for key in ([int(s), s] if digits else [s]):
+            try:
+                name = str(get(key).name)
+            except Exception:
+                continue
+            name = name if name in LAUE_TO_TSL_CODE else _NAME_TO_LAUE.get(name)
+            if name is not None:
+                return name
+    if digits and int(s) in TSL_CODE_TO_LAUE:
+        return TSL_CODE_TO_LAUE[int(s)]
     return _NAME_TO_LAUE.get(s)
+
+
+def resolve_phase0(phase_vals: np.ndarray, ci: np.ndarray, ids) -> tuple[np.ndarray, np.ndarray | None]:
+    """TSL single-phase convention: in a single-phase file whose phase column never uses the phase's id,
+    0 means "that phase" (EDAX writes 0 there). Those points (where CI >= 0) get the phase id; the mask of the
+    points changed is returned (``None`` when nothing changed). Otherwise 0 means "not indexed"."""
+    ids = set(ids)
+    if len(ids) != 1 or 0 in ids:
+        return phase_vals, None
+    (only,) = ids
+    if (phase_vals == only).any():
+        return phase_vals, None
+    mask = (phase_vals == 0) & (ci >= 0)
+    if not mask.any():
+        return phase_vals, None
+    return np.where(mask, np.int32(only), phase_vals).astype(np.int32), mask
 
 
 def laue_from_name(value: Any) -> str | None:

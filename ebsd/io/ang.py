@@ -38,6 +38,7 @@ from ._common import (
     fmt_error,
     laue_from_tsl,
     quat_to_euler_np,
+    resolve_phase0,
 )
 
 __all__ = ["read_ang", "write_ang", "parse_ang", "AngSlice"]
@@ -64,6 +65,7 @@ class AngSlice:
     n_columns: int = 0
     scan_unit: str = "um"
     grid: str = "SqrGrid"
+    phase0_mapped: np.ndarray | None = None  # where phase value 0 was read as the single phase
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -349,9 +351,8 @@ def _parse_ang(path: Path, hex_to_square: bool) -> AngSlice:
 
     phase_vals = grid_arr(ph).astype(np.int32)
     ids = set(phase_info)
-    if len(ids) == 1 and 0 not in ids:
-        (only,) = ids
-        phase_vals = np.where(phase_vals == 0, np.int32(only), phase_vals)
+    ci_g = grid_arr(ci).astype(np.float32)
+    phase_vals, phase0_mapped = resolve_phase0(phase_vals, ci_g, ids)
     known = np.isin(phase_vals, np.fromiter(ids, dtype=np.int32))
     unknown_vals = np.unique(phase_vals[~known])
     bad = [int(v) for v in unknown_vals if v not in (0, -1)]
@@ -359,7 +360,6 @@ def _parse_ang(path: Path, hex_to_square: bool) -> AngSlice:
         raise fmt_error(
             path, f"phase column holds id(s) {bad[:5]} that the header does not define (phases {sorted(ids)})"
         )
-    ci_g = grid_arr(ci).astype(np.float32)
     valid = known & (ci_g >= 0)
 
     scale = 1e-3 if scan_unit == "nm" else 1.0
@@ -379,6 +379,7 @@ def _parse_ang(path: Path, hex_to_square: bool) -> AngSlice:
         n_columns=ncol,
         scan_unit=scan_unit,
         grid=grid,
+        phase0_mapped=phase0_mapped,
     )
 
 
@@ -503,7 +504,10 @@ def write_ang(vol: EBSDVolume, path, z: int = 0, overwrite: bool = False) -> Pat
     yy, xx = np.meshgrid(y0 + dy * np.arange(Y), x0 + dx * np.arange(X), indexing="ij")
     ci = vol.confidence[z].cpu().numpy().astype(np.float64).ravel()
     valid = vol.valid[z].cpu().numpy().ravel()
-    ci = np.where(valid, ci, -1.0)
+    ph_ids = np.fromiter(vol.phase_info, dtype=np.int64)
+    ph_all = vol.phases[z].cpu().numpy().astype(np.int64).ravel()
+    # an invalid voxel is marked by CI = -1 unless its phase value (0, -1, ...) already says "not indexed"
+    ci = np.where(~valid & np.isin(ph_all, ph_ids) & (ci >= 0), -1.0, ci)
     iq = vol.image_quality[z].cpu().numpy().astype(np.float64).ravel()
     ph = vol.phases[z].cpu().numpy().astype(np.int64).ravel()
     cols = np.column_stack([eul, xx.ravel(), yy.ravel(), iq, ci, ph, np.zeros_like(iq), np.zeros_like(iq)])

@@ -96,6 +96,7 @@ def read_ang_stack(
     ci = torch.empty((Z, Y, X), dtype=torch.float32)
     iq = torch.empty((Z, Y, X), dtype=torch.float32)
     valid = torch.empty((Z, Y, X), dtype=torch.bool)
+    mapped: dict[int, np.ndarray] = {}
     with progress_bar(Z, "reading .ang slices", progress) as bar:
         for z, f in enumerate(files):
             s = first if z == 0 else parse_ang(f, hex_to_square=hex_to_square)
@@ -117,7 +118,15 @@ def read_ang_stack(
             ci[z] = torch.from_numpy(s.confidence)
             iq[z] = torch.from_numpy(s.image_quality)
             valid[z] = torch.from_numpy(s.valid)
+            if s.phase0_mapped is not None:
+                mapped[z] = s.phase0_mapped
             bar.update(1)
+    if mapped and len(mapped) < Z:
+        # some slices use the phase id itself, so in this stack phase 0 means "not indexed" everywhere
+        for z, m in mapped.items():
+            mt = torch.from_numpy(m)
+            phases[z][mt] = 0
+            valid[z][mt] = False
     origin = (0.0, first.y0, first.x0)
     if "origin" in side:
         try:

@@ -26,7 +26,9 @@ import torch
 
 from ..errors import EBSDFormatError, EBSDValueError
 from ..volume import EBSDVolume, Phase
-from ._common import FormatContext, euler_rows_to_quat, fmt_error, laue_from_tsl, natural_key, progress_bar
+from ._common import (
+    FormatContext, euler_rows_to_quat, fmt_error, laue_from_tsl, natural_key, progress_bar, resolve_phase0,
+)
 
 __all__ = ["read_h5oim", "list_scans"]
 
@@ -158,9 +160,7 @@ def read_slice_into(path, data: h5py.Group, nrows: int, ncols: int, names: dict,
             raise fmt_error(path, f"{data.name}: phase values are not integers")
         if np.abs(p).max(initial=0) > 2**31 - 1:
             raise fmt_error(path, f"{data.name}: phase values out of range")
-        p = p.astype(np.int32)
-        if len(ids) == 1 and 0 not in ids:
-            p = np.where(p == 0, np.int32(next(iter(ids))), p)
+        p, _ = resolve_phase0(p.astype(np.int32), c, ids)
     known = np.isin(p, np.fromiter(ids, dtype=np.int32))
     bad = [int(v) for v in np.unique(p[~known]) if v not in (0, -1)]
     if bad:
