@@ -58,7 +58,7 @@ class LESSMaps(nn.Module):
         self.phi_b2 = nn.Parameter(torch.zeros(H, R))
         self.psi_w1 = rnd(Hk, D, E, std=D ** -0.5)
         self.psi_b1 = nn.Parameter(torch.zeros(Hk, E))
-        self.psi_w2 = rnd(Hk, E, R, std=E ** -0.5)
+        self.psi_w2 = rnd(Hk, E, R, std=0.01 * E ** -0.5)  # the state starts near zero (= the eviction policy)
         self.psi_b2 = nn.Parameter(torch.zeros(Hk, R))
         self.psi_mix = rnd(Hk, R, R, std=R ** -0.5)
         self.psi_mix_scale = nn.Parameter(torch.full((Hk,), float(mix_scale)))
