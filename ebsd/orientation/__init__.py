@@ -18,6 +18,17 @@ from .quaternion import (
 )
 from .symmetry import Symmetry, get_symmetry
 from .misorientation import misorientation, misorientation_angle, symmetry_equivalents
+from .fundamental_zone import align_to_reference, mean_orientation, reduce_to_fundamental_zone
+from .cubochoric import (
+    CUBOCHORIC_HALF_EDGE,
+    HOMOCHORIC_RADIUS,
+    cubochoric_to_homochoric,
+    cubochoric_to_quat,
+    homochoric_to_cubochoric,
+    homochoric_to_quat,
+    quat_to_cubochoric,
+    quat_to_homochoric,
+)
 
 __all__ = [
     "euler_to_quat",
@@ -37,4 +48,15 @@ __all__ = [
     "misorientation_angle",
     "misorientation",
     "symmetry_equivalents",
+    "reduce_to_fundamental_zone",
+    "mean_orientation",
+    "align_to_reference",
+    "quat_to_homochoric",
+    "homochoric_to_quat",
+    "quat_to_cubochoric",
+    "cubochoric_to_quat",
+    "homochoric_to_cubochoric",
+    "cubochoric_to_homochoric",
+    "HOMOCHORIC_RADIUS",
+    "CUBOCHORIC_HALF_EDGE",
 ]
