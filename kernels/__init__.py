@@ -14,6 +14,7 @@ from ._dispatch import KernelBackendError, resolve_backend, triton_available
 from .threshold import threshold, threshold_residual
 from .tucker import mode_product, multi_mode_product, tucker_to_tensor, unfold, fold
 from .rope_reconstruct import rope_reconstruct
+from .rpca_fused import residual_contract
 
 __all__ = [
     "KernelBackendError",
@@ -27,4 +28,5 @@ __all__ = [
     "unfold",
     "fold",
     "rope_reconstruct",
+    "residual_contract",
 ]

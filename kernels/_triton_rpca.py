@@ -1,0 +1,119 @@
+"""Triton kernel for :func:`kernels.rpca_fused.residual_contract`.
+
+Grid ``(P, J / BJ, I-chunks)``. A program owns the slab ``Y[p, i0:i1, j0:j0+BJ]`` and walks it in
+``BI x BJ`` tiles: ``X = H[p, i-tile, :] @ U_N[j-block, :]^T`` (a K = r_N dot), ``R`` thresholded in
+registers, ``PN`` tile ``= R @ U_N[j-block]`` written (a partial sum over the J-blocks), and
+``Q += U_prev[i-tile]^T @ R`` kept in registers and written once (a partial sum over the I-chunks).
+Partials are summed by the caller (no atomics, deterministic).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _residual_contract_kernel(
+    y_ptr, h_ptr, un_ptr, up_ptr, pn_ptr, q_ptr,
+    P, I, J, RN, RP, chunk, zeta,
+    BI: tl.constexpr, BJ: tl.constexpr, RNP: tl.constexpr, RPP: tl.constexpr,
+    SOFT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    p = tl.program_id(0).to(tl.int64)
+    pj = tl.program_id(1)
+    pc = tl.program_id(2)
+    nJ = tl.num_programs(1)
+    offs_j = pj * BJ + tl.arange(0, BJ)
+    mask_j = offs_j < J
+    offs_rn = tl.arange(0, RNP)
+    offs_rp = tl.arange(0, RPP)
+    mask_rn = offs_rn < RN
+    mask_rp = offs_rp < RP
+    # U_N block (BJ, RNP), loaded once
+    un = tl.load(un_ptr + offs_j[:, None] * RN + offs_rn[None, :],
+                 mask=mask_j[:, None] & mask_rn[None, :], other=0.0)
+    unt = tl.trans(un)
+    if PRECISION == "fp64":
+        acc_t = tl.float64
+    else:
+        acc_t = tl.float32
+    q_acc = tl.zeros((RPP, BJ), dtype=acc_t)
+    i_start = pc * chunk
+    y_base = y_ptr + p * I * J
+    h_base = h_ptr + p * I * RN
+    pn_base = pn_ptr + (pj.to(tl.int64) * P + p) * I * RN
+    for i0 in range(i_start, tl.minimum(i_start + chunk, I), BI):
+        offs_i = i0 + tl.arange(0, BI)
+        mask_i = offs_i < I
+        h = tl.load(h_base + offs_i[:, None] * RN + offs_rn[None, :],
+                    mask=mask_i[:, None] & mask_rn[None, :], other=0.0)
+        y = tl.load(y_base + offs_i[:, None] * J + offs_j[None, :],
+                    mask=mask_i[:, None] & mask_j[None, :], other=0.0)
+        if PRECISION == "fp64":
+            x = tl.dot(h, unt, input_precision="ieee")
+        elif PRECISION == "native":
+            x = tl.dot(h, unt)
+        else:
+            x = tl.dot(h.to(tl.float32), unt.to(tl.float32), input_precision=PRECISION)
+        d = y.to(acc_t) - x
+        if SOFT:
+            r = -tl.minimum(tl.maximum(d, -zeta), zeta)
+        else:
+            r = tl.where(tl.abs(d) <= zeta, -d, 0.0)
+        r = tl.where(mask_i[:, None] & mask_j[None, :], r, 0.0)
+        up = tl.load(up_ptr + offs_i[:, None] * RP + offs_rp[None, :],
+                     mask=mask_i[:, None] & mask_rp[None, :], other=0.0)
+        if PRECISION == "fp64":
+            pn = tl.dot(r, un, input_precision="ieee")
+            q_acc += tl.dot(tl.trans(up), r, input_precision="ieee")
+        elif PRECISION == "native":
+            rl = r.to(un.dtype)
+            pn = tl.dot(rl, un)
+            q_acc += tl.dot(tl.trans(up), rl)
+        else:
+            pn = tl.dot(r, un.to(tl.float32), input_precision=PRECISION)
+            q_acc += tl.dot(tl.trans(up.to(tl.float32)), r, input_precision=PRECISION)
+        tl.store(pn_base + offs_i[:, None] * RN + offs_rn[None, :], pn.to(pn_ptr.dtype.element_ty),
+                 mask=mask_i[:, None] & mask_rn[None, :])
+    q_base = q_ptr + (pc.to(tl.int64) * P + p) * RP * J
+    tl.store(q_base + offs_rp[:, None] * J + offs_j[None, :], q_acc.to(q_ptr.dtype.element_ty),
+             mask=mask_rp[:, None] & mask_j[None, :])
+
+
+def _config(P: int, I: int, J: int, dtype: torch.dtype, n_sm: int):
+    BJ = min(256 if dtype != torch.float64 else 128, max(16, triton.next_power_of_2(J)))
+    BI = 32 if dtype != torch.float64 else 16
+    nJ = triton.cdiv(J, BJ)
+    # enough programs to fill the device (about 4 per SM); chunks are multiples of BI
+    want = max(1, (4 * n_sm) // max(1, P * nJ))
+    n_chunks = max(1, min(want, triton.cdiv(I, BI)))
+    chunk = triton.cdiv(triton.cdiv(I, n_chunks), BI) * BI
+    n_chunks = triton.cdiv(I, chunk)
+    return BI, BJ, nJ, chunk, n_chunks
+
+
+def triton_residual_contract(Y, H, UN, Uprev, zeta: float, mode: str, precision: str | None = None):
+    Y = Y.contiguous()
+    H = H.contiguous()
+    UN = UN.contiguous()
+    Uprev = Uprev.contiguous()
+    P, I, J = Y.shape
+    RN, RP = UN.shape[1], Uprev.shape[1]
+    n_sm = torch.cuda.get_device_properties(Y.device).multi_processor_count if Y.is_cuda else 8
+    BI, BJ, nJ, chunk, n_chunks = _config(P, I, J, Y.dtype, n_sm)
+    if precision is None:
+        precision = {torch.float64: "fp64", torch.float32: "ieee"}.get(Y.dtype, "native")
+    pn = torch.empty((nJ, P, I, RN), dtype=Y.dtype, device=Y.device)
+    q = torch.empty((n_chunks, P, RP, J), dtype=Y.dtype, device=Y.device)
+    if Y.numel() == 0:
+        return pn.sum(0), q.sum(0)
+    grid = (P, nJ, n_chunks)
+    _residual_contract_kernel[grid](
+        Y, H, UN, Uprev, pn, q, P, I, J, RN, RP, chunk, zeta,
+        BI=BI, BJ=BJ, RNP=max(16, triton.next_power_of_2(RN)), RPP=max(16, triton.next_power_of_2(RP)),
+        SOFT=(mode == "soft"), PRECISION=precision, num_warps=8 if BJ >= 256 else 4,
+    )
+    pn = pn[0] if nJ == 1 else pn.sum(0)
+    q = q[0] if n_chunks == 1 else q.sum(0)
+    return pn, q

@@ -1,0 +1,71 @@
+"""Fused residual pass of ScaledGD tensor RPCA: threshold + first contractions, one read of ``Y``.
+
+With the tensor viewed as ``(P, I, J)`` (``J`` = last mode, ``I`` = the mode before it, ``P`` = the
+product of the others) and the low-rank estimate given as ``X = H x_3 U_N`` (``H = G x_1 U_1 ... x_{N-1}
+U_{N-1}``, shape ``(P, I, r_N)``), :func:`residual_contract` returns
+
+* ``PN[p, i, c] = sum_j R[p, i, j] * U_N[j, c]``        (``R x_N U_N^T``, shape ``(P, I, r_N)``)
+* ``Q[p, b, j]  = sum_i U_prev[i, b] * R[p, i, j]``      (``R x_{N-1} U_{N-1}^T``, shape ``(P, r_{N-1}, J)``)
+
+where ``R = T_zeta(Y - X) - (Y - X)`` is the thresholded residual (hard: ``-(Y - X) 1{|Y - X| <= zeta}``,
+soft: ``-clamp(Y - X, -zeta, zeta)``). Every gradient of the ScaledGD step follows from ``PN`` and ``Q``
+with work on tensors ``r/I`` times smaller. The Triton kernel computes ``X`` tile by tile in registers
+(``H`` tile times ``U_N^T``), so neither ``X`` nor ``R`` is ever written to memory: one read of ``Y`` and of
+the small ``H`` per call.
+"""
+from __future__ import annotations
+
+import torch
+
+from ._dispatch import resolve_backend
+from .threshold import threshold_residual
+
+
+def _check(Y, H, UN, Uprev, mode):
+    if mode not in ("hard", "soft"):
+        raise ValueError(f"mode must be 'hard' or 'soft', got {mode!r}")
+    if Y.ndim != 3 or H.ndim != 3:
+        raise ValueError(f"Y and H must be (P, I, J) and (P, I, r); got {tuple(Y.shape)} and {tuple(H.shape)}")
+    P, I, J = Y.shape
+    if H.shape[:2] != (P, I) or UN.shape != (J, H.shape[2]) or Uprev.ndim != 2 or Uprev.shape[0] != I:
+        raise ValueError(
+            f"inconsistent shapes: Y {tuple(Y.shape)}, H {tuple(H.shape)}, U_N {tuple(UN.shape)}, "
+            f"U_prev {tuple(Uprev.shape)}"
+        )
+    if len({t.dtype for t in (Y, H, UN, Uprev)}) != 1 or len({t.device for t in (Y, H, UN, Uprev)}) != 1:
+        raise ValueError("Y, H, U_N and U_prev must share dtype and device")
+
+
+def residual_contract_torch(Y, H, UN, Uprev, zeta, mode: str = "hard"):
+    """Reference implementation (differentiable in ``Y``, ``H``, ``U_N``, ``U_prev``; materialises X and R)."""
+    X = torch.matmul(H, UN.t())
+    R = threshold_residual(Y, X, zeta, mode=mode, out="residual", backend="torch")
+    return torch.matmul(R, UN), torch.matmul(Uprev.t(), R)
+
+
+def residual_contract(
+    Y: torch.Tensor,
+    H: torch.Tensor,
+    UN: torch.Tensor,
+    Uprev: torch.Tensor,
+    zeta: float,
+    mode: str = "hard",
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(PN, Q)`` of the thresholded residual (see the module docstring).
+
+    Args:
+        Y: ``(P, I, J)``; H: ``(P, I, r_N)``; UN: ``(J, r_N)``; Uprev: ``(I, r_{N-1})``; all one dtype/device.
+        zeta: threshold ``>= 0``; mode: ``"hard"`` or ``"soft"``; backend: see :mod:`kernels`.
+    Returns:
+        ``PN`` of shape ``(P, I, r_N)`` and ``Q`` of shape ``(P, r_{N-1}, J)``.
+    """
+    _check(Y, H, UN, Uprev, mode)
+    zeta = float(zeta)
+    if zeta < 0:
+        raise ValueError(f"zeta must be >= 0, got {zeta}")
+    if resolve_backend(backend, Y, H, UN, Uprev) == "triton":
+        from ._triton_rpca import triton_residual_contract
+
+        return triton_residual_contract(Y, H, UN, Uprev, zeta, mode)
+    return residual_contract_torch(Y, H, UN, Uprev, zeta, mode)

@@ -1,0 +1,375 @@
+"""Tensor robust PCA by scaled gradient descent on Tucker factors (Dong, Tong, Ma, Chi 2022).
+
+``Y = X* + S*`` with ``X* = G x_1 U_1 ... x_N U_N`` of Tucker ranks ``r`` and ``S*`` sparse.
+
+* :func:`spectral_init`: ``S_{-1} = T_{zeta_0}(Y)``; ``(U, G) = HOSVD_r(Y - S_{-1})``.
+* :func:`scaledgd_step`: one iteration from ``(U, G)`` at threshold ``zeta`` and step ``eta``::
+
+      R   = X + T_zeta(Y - X) - Y                 (= -(Y - X) 1{|Y - X| <= zeta} for hard thresholding)
+      U_i <- U_i - eta * M_i(R) Ub_i (Ub_i^T Ub_i)^{-1},   Ub_i = (kron_{j != i} U_j) M_i(G)^T
+      G   <- G - eta * (R x_j U_j^T, all j) x_j (U_j^T U_j)^{-1}, all j
+
+  ``Ub_i^T Ub_i = M_i(G x_{j != i} U_j^T U_j) M_i(G)^T`` is formed in r-space; the Kronecker product never is.
+  The step is a pure function (no in-place ops on its inputs): when anything requires grad it runs on the
+  torch reference path, so a deep-unfolded network (issue 6) can learn ``zeta`` and ``eta`` through it.
+* :func:`rpca`: spectral init, then steps with ``zeta_{k+1} = rho^k zeta_1`` until the relative change of ``X``
+  (computed exactly in r-space, float64) is below ``tol`` or ``max_iter`` is reached.
+
+The residual pass (form ``X``, threshold, contract with ``U_N`` and ``U_{N-1}``) is the only work on full-size
+tensors; on CUDA it is one fused Triton kernel (:func:`kernels.residual_contract`) that never writes ``X``
+or ``R``.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from kernels import multi_mode_product, residual_contract, threshold_residual, tucker_to_tensor, unfold
+from kernels.rpca_fused import residual_contract_torch
+
+from . import _init
+from .errors import RPCAConvergenceWarning, RPCAInputError
+
+
+# --------------------------------------------------------------------------------------------- parameters
+@dataclass
+class RPCAParams:
+    """The four hyperparameters of ScaledGD RPCA (the ones a deep-unfolded network learns).
+
+    ``zeta0``: threshold of the spectral initialisation (None: estimated from the data, about ``max|X*|``);
+    ``zeta1``: threshold of the first iteration (None: estimated from the initial residual);
+    ``rho``: decay of the threshold, ``zeta_{k+1} = rho^k zeta_1``; ``eta``: step size.
+    """
+
+    zeta0: float | None = None
+    zeta1: float | None = None
+    rho: float = 0.9
+    eta: float = 0.5
+
+    @classmethod
+    def coerce(cls, params: "RPCAParams | Mapping[str, Any] | None") -> "RPCAParams":
+        if params is None:
+            return cls()
+        if isinstance(params, cls):
+            return cls(**asdict(params))
+        if isinstance(params, Mapping):
+            unknown = set(params) - {"zeta0", "zeta1", "rho", "eta"}
+            if unknown:
+                raise RPCAInputError(f"unknown RPCA parameters {sorted(unknown)}; use zeta0, zeta1, rho, eta")
+            return cls(**{k: (float(v) if v is not None else None) for k, v in params.items()})
+        raise RPCAInputError(f"params must be an RPCAParams or a dict, got {type(params).__name__}")
+
+    def validate(self) -> None:
+        for name in ("zeta0", "zeta1"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v >= 0):
+                raise RPCAInputError(f"{name} must be a finite number >= 0, got {v}")
+        if not (math.isfinite(self.rho) and 0 < self.rho <= 1):
+            raise RPCAInputError(f"rho (decay) must be in (0, 1], got {self.rho}")
+        if not (math.isfinite(self.eta) and 0 < self.eta < 2):
+            raise RPCAInputError(f"eta (step) must be in (0, 2), got {self.eta}")
+
+
+@dataclass
+class RPCAResult:
+    """Output of :func:`rpca`. ``low_rank``/``sparse`` have the kind (numpy/torch), dtype and device of ``Y``;
+    ``core``/``factors`` likewise. ``history`` holds one dict per iteration: ``rel_change`` (relative change
+    of ``X``) and ``zeta`` (threshold used)."""
+
+    low_rank: Any
+    sparse: Any
+    core: Any
+    factors: list
+    n_iter: int
+    converged: bool
+    history: list[dict] = field(default_factory=list)
+    params: RPCAParams = field(default_factory=RPCAParams)
+
+    @property
+    def rel_changes(self) -> list[float]:
+        return [h["rel_change"] for h in self.history]
+
+
+# ------------------------------------------------------------------------------------------ algorithm core
+def _needs_grad(*objs) -> bool:
+    for o in objs:
+        if isinstance(o, torch.Tensor) and o.requires_grad:
+            return True
+        if isinstance(o, (list, tuple)) and _needs_grad(*o):
+            return True
+    return False
+
+
+def spectral_init(
+    Y: torch.Tensor, ranks: Sequence[int], zeta0: float | torch.Tensor, mode: str = "hard",
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``(factors, core)`` of ``HOSVD_r(Y - T_{zeta0}(Y))``.
+
+    Differentiable in ``Y`` (and in ``zeta0`` for soft thresholding) through torch's ``eigh``.
+    """
+    if isinstance(zeta0, torch.Tensor):
+        D = -_residual_tensor_zeta(Y, zeta0, mode)  # Y - T(Y) = -(T(Y) - Y)
+    else:
+        backend = "torch" if _needs_grad(Y) else None
+        D = threshold_residual(Y, None, zeta0, mode=mode, out="residual", backend=backend).neg()
+    return _init.hosvd(D, ranks)
+
+
+def _residual_tensor_zeta(D: torch.Tensor, zeta: torch.Tensor, mode: str) -> torch.Tensor:
+    """``T_zeta(D) - D`` with a tensor ``zeta`` (autograd flows to ``zeta`` for soft thresholding)."""
+    if mode == "hard":
+        return torch.where(D.abs() <= zeta, -D, torch.zeros_like(D))
+    return -torch.minimum(torch.maximum(D, -zeta), zeta)
+
+
+def _as3(T: torch.Tensor) -> torch.Tensor:
+    """View an order-N tensor as ``(P, I_{N-1}, I_N)``."""
+    return T.reshape(-1, T.shape[-2], T.shape[-1])
+
+
+def residual_contractions(
+    Y: torch.Tensor, factors: Sequence[torch.Tensor], core: torch.Tensor, zeta, mode: str = "hard",
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(R x_N U_N^T, R x_{N-1} U_{N-1}^T)`` for the thresholded residual ``R`` at the current ``X``.
+
+    Shapes ``(I_1..I_{N-1}, r_N)`` and ``(I_1..I_{N-2}, r_{N-1}, I_N)``.
+    """
+    N = Y.ndim
+    H = multi_mode_product(core, list(factors[:-1]), modes=list(range(N - 1)),
+                           backend="torch" if _needs_grad(core, factors) else backend)
+    UN, Up = factors[-1], factors[-2]
+    if isinstance(zeta, torch.Tensor) or _needs_grad(Y, factors, core):
+        X = torch.matmul(_as3(H), UN.t())
+        zt = zeta if isinstance(zeta, torch.Tensor) else torch.as_tensor(zeta, dtype=Y.dtype, device=Y.device)
+        R = _residual_tensor_zeta(_as3(Y) - X, zt, mode)
+        PN, Q = torch.matmul(R, UN), torch.matmul(Up.t(), R)
+    else:
+        PN, Q = residual_contract(_as3(Y), _as3(H), UN, Up, float(zeta), mode=mode, backend=backend)
+    return PN.reshape(*Y.shape[:-1], UN.shape[1]), Q.reshape(*Y.shape[:-2], Up.shape[1], Y.shape[-1])
+
+
+def scaledgd_step(
+    Y: torch.Tensor,
+    factors: Sequence[torch.Tensor],
+    core: torch.Tensor,
+    zeta,
+    eta,
+    mode: str = "hard",
+    backend: str | None = None,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """One ScaledGD iteration; returns new ``(factors, core)`` (inputs are not modified).
+
+    Args:
+        Y: observed tensor ``(I_1, ..., I_N)``, ``N >= 2``.
+        factors: ``U_i`` of shape ``(I_i, r_i)``; core: ``G`` of shape ``(r_1, ..., r_N)``.
+        zeta: threshold for this iteration (float or 0-d tensor; a tensor that requires grad selects the
+            differentiable torch path); eta: step size (float or tensor).
+        mode: ``"hard"`` or ``"soft"`` thresholding. backend: kernel backend (see :mod:`kernels`).
+    """
+    N = Y.ndim
+    factors = list(factors)
+    PN, Q = residual_contractions(Y, factors, core, zeta, mode=mode, backend=backend)
+    # small tensors only from here on
+    small = "torch"
+    Ut = [U.t() for U in factors]
+    # T_i = R x_{j != i} U_j^T  (I_i at mode i, r elsewhere)
+    T = []
+    for i in range(N - 1):
+        T.append(multi_mode_product(PN, [factors[j] for j in range(N - 1) if j != i],
+                                    modes=[j for j in range(N - 1) if j != i], transpose=True, backend=small))
+    T.append(multi_mode_product(Q, [factors[j] for j in range(N - 2)], modes=list(range(N - 2)),
+                                transpose=True, backend=small))
+    # core gradient R x_all U^T
+    C = multi_mode_product(T[0], [factors[0]], modes=[0], transpose=True, backend=small)
+    W = [Ut[i] @ factors[i] for i in range(N)]  # U_i^T U_i
+    eye = [torch.eye(w.shape[0], dtype=w.dtype, device=w.device) for w in W]
+    new_factors = []
+    for i in range(N):
+        Gi = unfold(core, i)
+        grad = unfold(T[i], i) @ Gi.t()  # M_i(R) Ub_i, (I_i, r_i)
+        GW = multi_mode_product(core, [W[j] for j in range(N) if j != i],
+                                modes=[j for j in range(N) if j != i], backend=small)
+        gram = unfold(GW, i) @ Gi.t()  # Ub_i^T Ub_i, (r_i, r_i)
+        step = torch.linalg.solve_ex(gram, grad.t())[0].t()
+        new_factors.append(factors[i] - eta * step)
+    Winv = [torch.linalg.solve_ex(W[i], eye[i])[0] for i in range(N)]
+    new_core = core - eta * multi_mode_product(C, Winv, backend=small)
+    return new_factors, new_core
+
+
+def tucker_inner(core_a, factors_a, core_b, factors_b) -> torch.Tensor:
+    """``<X_a, X_b>`` of two Tucker tensors, in float64, without forming either."""
+    Ms = [Ua.double().t() @ Ub.double() for Ua, Ub in zip(factors_a, factors_b)]
+    return (multi_mode_product(core_b.double(), Ms, backend="torch") * core_a.double()).sum()
+
+
+def relative_change(old: tuple, new: tuple) -> torch.Tensor:
+    """``||X_new - X_old||_F / ||X_old||_F`` for Tucker ``(factors, core)`` pairs, exact in r-space (float64)."""
+    (fo, co), (fn, cn) = old, new
+    aa = tucker_inner(co, fo, co, fo)
+    bb = tucker_inner(cn, fn, cn, fn)
+    ab = tucker_inner(co, fo, cn, fn)
+    return (aa + bb - 2 * ab).clamp_min(0).sqrt() / aa.sqrt().clamp_min(torch.finfo(torch.float64).tiny)
+
+
+# ----------------------------------------------------------------------------------------------- checks
+def _validate(Y, ranks):
+    if isinstance(Y, np.ndarray):
+        kind = "numpy"
+    elif isinstance(Y, torch.Tensor):
+        kind = "torch"
+    else:
+        raise RPCAInputError(f"Y must be a numpy array or a torch tensor, got {type(Y).__name__}")
+    if Y.ndim < 2:
+        raise RPCAInputError(f"Y must have order >= 2 (a matrix or a tensor), got shape {tuple(Y.shape)}")
+    dt = Y.dtype
+    is_float = (np.issubdtype(dt, np.floating) if kind == "numpy" else (dt.is_floating_point))
+    if not is_float:
+        raise RPCAInputError(f"Y must have a real floating dtype (float32/float64), got {dt}; cast it first")
+    if Y.size == 0 if kind == "numpy" else Y.numel() == 0:
+        raise RPCAInputError(f"Y is empty, shape {tuple(Y.shape)}")
+    if isinstance(ranks, (int, np.integer)):
+        ranks = [int(ranks)] * Y.ndim
+    ranks = [int(r) for r in ranks]
+    if len(ranks) != Y.ndim:
+        raise RPCAInputError(f"need one rank per mode: Y has order {Y.ndim}, got ranks {ranks}")
+    for i, (r, n) in enumerate(zip(ranks, Y.shape)):
+        if not 1 <= r <= n:
+            raise RPCAInputError(f"rank {r} of mode {i} must be between 1 and the dimension {n}")
+        others = int(np.prod([ranks[k] for k in range(len(ranks)) if k != i]))
+        if r > others:
+            raise RPCAInputError(
+                f"rank {r} of mode {i} exceeds the product of the other ranks ({others}): no Tucker tensor "
+                "has such ranks; lower it"
+            )
+    return kind, ranks
+
+
+def _to_kind(T: torch.Tensor, kind: str, device, dtype):
+    if kind == "numpy":
+        return T.detach().cpu().numpy().astype(dtype, copy=False)
+    return T.to(device=device, dtype=dtype)
+
+
+# ------------------------------------------------------------------------------------------------- driver
+def rpca(
+    Y,
+    ranks: Sequence[int] | int = (5, 5, 5),
+    sparsity: float | None = None,
+    max_iter: int = 200,
+    tol: float = 1e-7,
+    step: float | None = None,
+    decay: float | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    *,
+    params: RPCAParams | Mapping[str, Any] | None = None,
+    threshold: str = "hard",
+    backend: str | None = None,
+) -> RPCAResult:
+    """Tensor robust PCA: split ``Y`` into a low-Tucker-rank part and a sparse part.
+
+    Args:
+        Y: numpy array or torch tensor of order ``N >= 2``, real floating dtype, finite.
+        ranks: Tucker ranks ``(r_1, ..., r_N)`` (an int means the same rank for every mode).
+        sparsity: optional estimate of the fraction of corrupted entries (in ``[0, 0.5)``); only used to
+            sharpen the data-derived default thresholds.
+        max_iter: iteration limit. tol: stop when the relative change of ``X`` is below ``max(tol, 4 eps)``
+            (``eps`` of the working dtype).
+        step: step size ``eta`` (default 0.5); decay: threshold decay ``rho`` (default 0.9). Both override
+            ``params``.
+        device: where to compute (default: where ``Y`` is); results come back on ``Y``'s device.
+        progress: show a tqdm bar.
+        params: :class:`RPCAParams` or dict with ``zeta0``, ``zeta1``, ``rho``, ``eta``.
+        threshold: ``"hard"`` (default) or ``"soft"``.
+        backend: kernel backend for the full-size pass (``None``: Triton on CUDA, torch elsewhere).
+
+    Returns:
+        :class:`RPCAResult`.
+
+    Raises:
+        RPCAInputError (a ``ValueError``): bad order, ranks, dtype, NaN/inf, or parameters.
+    """
+    kind, ranks = _validate(Y, ranks)
+    if threshold not in ("hard", "soft"):
+        raise RPCAInputError(f"threshold must be 'hard' or 'soft', got {threshold!r}")
+    if sparsity is not None and not 0 <= sparsity < 0.5:
+        raise RPCAInputError(f"sparsity must be in [0, 0.5), got {sparsity}")
+    if int(max_iter) < 0:
+        raise RPCAInputError(f"max_iter must be >= 0, got {max_iter}")
+    p = RPCAParams.coerce(params)
+    if step is not None:
+        p.eta = float(step)
+    if decay is not None:
+        p.rho = float(decay)
+    p.validate()
+
+    in_dtype = Y.dtype
+    in_device = Y.device if kind == "torch" else None
+    Yt = torch.from_numpy(np.ascontiguousarray(Y)) if kind == "numpy" else Y.detach()
+    if device is not None:
+        Yt = Yt.to(device)
+    work_dtype = Yt.dtype if Yt.dtype in (torch.float32, torch.float64) else torch.float32
+    Yt = Yt.to(work_dtype).contiguous()
+    if not bool(torch.isfinite(Yt).all()):
+        raise RPCAInputError("Y contains NaN or inf; replace them (e.g. by 0, as gross errors) before calling rpca")
+
+    if p.zeta0 is None:
+        p.zeta0 = _init.default_zeta0(Yt, ranks, sparsity)
+    factors, core = spectral_init(Yt, ranks, p.zeta0, mode=threshold)
+    if p.zeta1 is None:
+        X0 = tucker_to_tensor(core, factors, backend=backend)
+        p.zeta1 = _init.default_zeta1(Yt, X0, sparsity)
+        del X0
+    tol_eff = max(float(tol), 4 * torch.finfo(work_dtype).eps)
+
+    history: list[dict] = []
+    converged = False
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=int(max_iter), desc="rpca", unit="it")
+    try:
+        if not bool(core.abs().max() > 0):  # Y thresholds to zero: X = 0 is the answer
+            converged = True
+        else:
+            for k in range(int(max_iter)):
+                zeta = p.zeta1 * p.rho**k
+                new = scaledgd_step(Yt, factors, core, zeta, p.eta, mode=threshold, backend=backend)
+                change = float(relative_change((factors, core), new))
+                factors, core = new
+                history.append({"rel_change": change, "zeta": zeta})
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(rel_change=f"{change:.2e}")
+                if not math.isfinite(change):
+                    warnings.warn("rpca diverged (non-finite iterate); try a smaller step or larger zeta1",
+                                  RPCAConvergenceWarning, stacklevel=2)
+                    break
+                if change < tol_eff:
+                    converged = True
+                    break
+    finally:
+        if bar is not None:
+            bar.close()
+    if not converged and max_iter > 0 and history and math.isfinite(history[-1]["rel_change"]):
+        warnings.warn(
+            f"rpca stopped at max_iter={max_iter} with relative change {history[-1]['rel_change']:.2e} > tol",
+            RPCAConvergenceWarning, stacklevel=2,
+        )
+    X = tucker_to_tensor(core, factors, backend=backend)
+    zeta_final = p.zeta1 * p.rho ** len(history)
+    S = threshold_residual(Yt, X, zeta_final, mode=threshold, out="sparse", backend=backend)
+    out_dtype = in_dtype
+    conv = lambda T: _to_kind(T, kind, in_device, out_dtype)  # noqa: E731
+    return RPCAResult(
+        low_rank=conv(X), sparse=conv(S), core=conv(core), factors=[conv(U) for U in factors],
+        n_iter=len(history), converged=converged, history=history, params=p,
+    )
