@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             args.workers = 1
     if not 0 <= args.seed < 1000:
         raise SystemExit("--seed must be in 0..999 (data streams are seed * 1000 + worker)")
-    from ebsd.recovery._common import misorientation_deg, symmetry_operators
+    from ebsd.recovery._common import misorientation_deg
     from ebsd.recovery.api import DEFAULT_INFERENCE
     from ebsd.recovery.data import HELD_OUT_SEED_LIMIT, TRAIN_SEED_BASE, SampleConfig, SampleDataset, SampleStream
     from ebsd.recovery.model import ModelConfig, SliceRecoveryTransformer, prepare_input, symmetric_quaternion_loss
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         for b in val:
             _, pred, hidden, target, sym, _, _ = forward(b)
             losses.append(float(symmetric_quaternion_loss(pred[hidden], target[hidden], sym)))
-            mis.append(float(misorientation_deg(pred[hidden], target[hidden], symmetry_operators(sym, pred)).mean()))
+            mis.append(float(misorientation_deg(pred[hidden], target[hidden], sym).mean()))
         model.train()
         return {"loss": sum(losses) / len(losses), "mis_deg": sum(mis) / len(mis)}
 

@@ -1,21 +1,14 @@
 """Small symmetry helpers shared by the recovery modules (batched, differentiable, on any device)."""
 from __future__ import annotations
 
-import functools
-
 import torch
 
-from ..orientation import get_symmetry, quat_conjugate, quat_multiply
-
-
-@functools.lru_cache(maxsize=None)
-def _ops_cpu(symmetry: str) -> torch.Tensor:
-    return torch.as_tensor(get_symmetry(symmetry).operators, dtype=torch.float32).reshape(-1, 4)
+from ..orientation import get_symmetry, misorientation_angle, quat_conjugate, quat_multiply
 
 
 def symmetry_operators(symmetry: str, like: torch.Tensor) -> torch.Tensor:
     """``(N, 4)`` proper rotations of the Laue class ``symmetry``, on ``like``'s device and dtype."""
-    return _ops_cpu(symmetry).to(device=like.device, dtype=like.dtype)
+    return get_symmetry(symmetry).operators_as(like)
 
 
 def _sym_dots(q1: torch.Tensor, q2: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
@@ -32,20 +25,9 @@ def cos_half_misorientation(q1: torch.Tensor, q2: torch.Tensor, ops: torch.Tenso
     return _sym_dots(q1, q2, ops).abs().amax(-1)
 
 
-def misorientation_deg(q1: torch.Tensor, q2: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
-    """Misorientation angle in degrees (broadcast ``(..., 4)``)."""
-    c = cos_half_misorientation(q1, q2, ops).clamp(max=1.0)
-    return torch.rad2deg(2 * torch.acos(c))
-
-
-def align_to(q: torch.Tensor, ref: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
-    """The symmetry-equivalent of ``q`` (and sign) closest to ``ref``: ``<ref, out> >= 0`` maximal."""
-    q, ref = torch.broadcast_tensors(q, ref)
-    d = _sym_dots(ref, q, ops)  # (..., N)
-    i = d.abs().argmax(-1, keepdim=True)
-    sign = torch.sign(torch.gather(d, -1, i))
-    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
-    return quat_multiply(ops[i.squeeze(-1)], q) * sign
+def misorientation_deg(q1: torch.Tensor, q2: torch.Tensor, symmetry: str) -> torch.Tensor:
+    """Misorientation angle in degrees (broadcast ``(..., 4)``), via :func:`ebsd.orientation.misorientation_angle`."""
+    return torch.rad2deg(misorientation_angle(q1, q2, symmetry))
 
 
 def runs(indices) -> list[tuple[int, int]]:

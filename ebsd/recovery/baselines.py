@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from ._common import align_to, check_missing, filled_volume, gap_neighbours, gap_position, runs, symmetry_operators
+from ..orientation import align_to_reference
+from ._common import check_missing, filled_volume, gap_neighbours, gap_position, runs
 from .projection import neighbour_grains, project
 
 
@@ -34,7 +35,7 @@ def nearest_slice(vol, missing):
 
 def slerp(q0: torch.Tensor, q1: torch.Tensor, t: float, symmetry: str) -> torch.Tensor:
     """Symmetry-aware slerp ``(..., 4)``: ``q1`` is replaced by its equivalent closest to ``q0`` first."""
-    q1 = align_to(q1, q0, symmetry_operators(symmetry, q0))
+    q1 = align_to_reference(q1, q0, symmetry)
     dot = (q0 * q1).sum(-1, keepdim=True).clamp(-1.0, 1.0)
     omega = torch.acos(dot)
     so = torch.sin(omega)

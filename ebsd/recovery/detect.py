@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import misorientation_deg, symmetry_operators
+from ._common import misorientation_deg
 
 
 def _robust_low(x: torch.Tensor, k: float, rel: float) -> torch.Tensor:
@@ -15,12 +15,12 @@ def _robust_low(x: torch.Tensor, k: float, rel: float) -> torch.Tensor:
     return x < med - torch.maximum(k * mad, rel * med.abs())
 
 
-def _jump_fraction(qa, qb, va, vb, ops, angle_deg) -> torch.Tensor:
+def _jump_fraction(qa, qb, va, vb, symmetry, angle_deg) -> torch.Tensor:
     """Fraction of voxels (valid in both) whose misorientation between two slices exceeds ``angle_deg``."""
     both = va & vb
     if not bool(both.any()):
         return torch.tensor(1.0)
-    ang = misorientation_deg(qa[both], qb[both], ops)
+    ang = misorientation_deg(qa[both], qb[both], symmetry)
     return (ang > angle_deg).float().mean().cpu()
 
 
@@ -52,10 +52,9 @@ def find_bad_slices(vol, *, k: float = 5.0, rel: float = 0.3, jump_deg: float = 
             bad |= _robust_low(iq, k, rel)
     bad |= frac == 0
     if use_jump and Z >= 3:
-        ops = symmetry_operators(vol.symmetry, vol.quaternions)
         q = vol.quaternions
-        step = torch.stack([_jump_fraction(q[z], q[z + 1], valid[z], valid[z + 1], ops, jump_deg) for z in range(Z - 1)])
-        skip = torch.stack([_jump_fraction(q[z], q[z + 2], valid[z], valid[z + 2], ops, jump_deg) for z in range(Z - 2)])
+        step = torch.stack([_jump_fraction(q[z], q[z + 1], valid[z], valid[z + 1], vol.symmetry, jump_deg) for z in range(Z - 1)])
+        skip = torch.stack([_jump_fraction(q[z], q[z + 2], valid[z], valid[z + 2], vol.symmetry, jump_deg) for z in range(Z - 2)])
         jump = torch.zeros(Z, dtype=torch.bool)
         for z in range(Z):
             if 0 < z < Z - 1:

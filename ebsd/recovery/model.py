@@ -10,7 +10,6 @@ the whole window; :func:`symmetric_quaternion_loss` compares it to the truth up 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,11 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..orientation import quat_to_cubochoric, reduce_to_fundamental_zone
+from ..orientation import CUBOCHORIC_HALF_EDGE, quat_to_cubochoric, reduce_to_fundamental_zone
 from ._common import cos_half_misorientation, symmetry_operators
-
-# half edge of the cubochoric cube, pi^(2/3) / 2: inputs are divided by it so they lie in [-1, 1]
-CUBOCHORIC_HALF_EDGE = math.pi ** (2.0 / 3.0) / 2.0
 
 
 @dataclass

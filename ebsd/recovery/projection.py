@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ..orientation import mean_orientation, segment_grains
-from ._common import misorientation_deg, symmetry_operators
+from ._common import misorientation_deg
 
 
 @dataclass
@@ -42,18 +42,15 @@ def neighbour_grains(slices: list[tuple[torch.Tensor, torch.Tensor | None, float
     for q, valid, pos in slices:
         if valid is None:
             valid = torch.ones(q.shape[:2], dtype=torch.bool, device=q.device)
-        lab, _ = segment_grains(q[None], symmetry, threshold_deg, valid=valid[None])
-        lab = torch.as_tensor(lab, device=q.device).reshape(q.shape[:2]).long()
-        ids, inv = torch.unique(lab, return_inverse=True)
-        out = torch.full_like(lab, -1)
-        for k, gid in enumerate(ids.tolist()):
-            sel = (lab == gid) & valid
-            if not bool(sel.any()):
-                continue
-            means.append(torch.as_tensor(mean_orientation(q[sel], symmetry), dtype=q.dtype, device=q.device).reshape(4))
-            out[sel] = offset
-            offset += 1
-        all_labels.append(out)
+        lab, n = segment_grains(q, symmetry, threshold_deg, valid=valid)  # 0..n-1, -1 where invalid
+        lab = lab.long()
+        order = torch.argsort(lab.flatten(), stable=True)
+        counts = torch.bincount(lab.flatten().clamp_min(-1) + 1, minlength=n + 1).tolist()
+        members = torch.split(order, counts)[1:]  # voxel indices of grain 0, 1, ...
+        qf = q.reshape(-1, 4)
+        means.extend(mean_orientation(qf[m], symmetry).reshape(4).to(q.dtype) for m in members)
+        all_labels.append(torch.where(lab >= 0, lab + offset, lab))
+        offset += n
         positions.append(pos)
     dev = slices[0][0].device
     M = torch.stack(means) if means else torch.zeros(0, 4, device=dev)
@@ -79,7 +76,6 @@ def project(guess: torch.Tensor, positions, grains: NeighbourGrains, symmetry: s
     where no candidate lies within ``radius`` (those voxels keep their guess).
     """
     G, Y, X, _ = guess.shape
-    ops = symmetry_operators(symmetry, guess)
     means = grains.means.to(guess)
     pos = torch.as_tensor(positions, dtype=torch.float32, device=guess.device).reshape(G)
     best_cost = torch.full((G, Y, X), float("inf"), device=guess.device)
@@ -97,7 +93,7 @@ def project(guess: torch.Tensor, positions, grains: NeighbourGrains, symmetry: s
             if not bool(ok.any()):
                 continue
             m = means[cand.clamp_min(0)]  # (Y, X, 4)
-            cost = misorientation_deg(guess, m.unsqueeze(0), ops)  # (G, Y, X)
+            cost = misorientation_deg(guess, m.unsqueeze(0), symmetry)  # (G, Y, X)
             cost = cost + spatial_weight * (dy * dy + dx * dx) ** 0.5 + zpen[:, None, None]
             cost = torch.where(ok.unsqueeze(0), cost, torch.full_like(cost, float("inf")))
             better = cost < best_cost

@@ -1,0 +1,159 @@
+"""Slice recovery on held-out synthetic volumes: ours (transformer + projection) vs three baselines.
+
+    python benchmarks/slice_recovery.py --checkpoint data/slice_recovery            # full table
+    python benchmarks/slice_recovery.py --checkpoint DIR --quick                     # small, for a smoke run
+
+Held-out volumes use seeds below ``ebsd.recovery.data.HELD_OUT_SEED_LIMIT`` (training never uses them), at
+several mean grain sizes, with twins, 1 deg acquisition noise and 1 % unindexed voxels; in each, 1 or 3
+consecutive slices in the middle are blanked (``missing_slices``) and recovered. Metrics on the recovered
+slices against the noise-free truth:
+
+* mean misorientation (deg) over the recovered voxels, and the fraction within 5 deg;
+* grain-boundary F1 on each recovered slice: predicted boundaries are in-plane neighbour pairs misoriented
+  by more than 5 deg, true ones are pairs of different truth grains; a boundary pixel counts as matched
+  when the other map has one at the same pixel (``--boundary-tolerance`` pixels; 0 by default), F1 over all recovered slices together.
+
+Timing: ``recover_missing_slices`` on one missing slice of a 128 x 128 volume, per slice, on the CPU (all
+torch threads) and on CUDA when present. Writes ``slice_recovery.json`` (``$OUT`` or benchmarks/results/).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import Table, results_dir, time_call  # noqa: E402
+
+from ebsd.recovery import BASELINES, load_model, recover_missing_slices  # noqa: E402
+from ebsd.recovery._common import misorientation_deg  # noqa: E402
+from ebsd.recovery.data import HELD_OUT_SEED_LIMIT  # noqa: E402
+from ebsd.synthetic import synthetic_volume  # noqa: E402
+
+
+def _pair_boundaries(ids_or_q, symmetry=None, threshold=5.0) -> torch.Tensor:
+    """``(Y, X)`` bool: the voxel differs from its right or lower neighbour (ids, or misorientation)."""
+    Y, X = ids_or_q.shape[:2]
+    b = torch.zeros(Y, X, dtype=torch.bool)
+    if symmetry is None:
+        b[:, :-1] |= ids_or_q[:, :-1] != ids_or_q[:, 1:]
+        b[:-1] |= ids_or_q[:-1] != ids_or_q[1:]
+    else:
+        q = ids_or_q
+        b[:, :-1] |= misorientation_deg(q[:, :-1], q[:, 1:], symmetry) > threshold
+        b[:-1] |= misorientation_deg(q[:-1], q[1:], symmetry) > threshold
+    return b
+
+
+def _dilate(b: torch.Tensor, r: int = 1) -> torch.Tensor:
+    return F.max_pool2d(b[None, None].float(), 2 * r + 1, 1, r)[0, 0] > 0
+
+
+def boundary_counts(pred_q, truth_ids, symmetry, tol=0) -> tuple[int, int, int, int]:
+    """``(matched predicted, predicted, matched true, true)`` boundary pixels of one slice."""
+    pb = _pair_boundaries(pred_q.cpu(), symmetry)
+    tb = _pair_boundaries(truth_ids.cpu())
+    return (int((pb & _dilate(tb, tol)).sum()), int(pb.sum()), int((tb & _dilate(pb, tol)).sum()), int(tb.sum()))
+
+
+def evaluate(method, vol, truth, missing, tol) -> dict:
+    t0 = time.perf_counter()
+    out = method(vol, missing)
+    dt = time.perf_counter() - t0
+    pred = out.quaternions[missing].cpu()
+    clean = truth.clean_quaternions[missing].cpu()
+    err = misorientation_deg(pred, clean, vol.symmetry)
+    counts = [boundary_counts(pred[i], truth.grain_ids[z], vol.symmetry, tol) for i, z in enumerate(missing)]
+    return {"err_sum": float(err.sum()), "n": err.numel(), "within5": int((err <= 5).sum()),
+            "bc": [sum(c[k] for c in counts) for k in range(4)], "time_s": dt}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", default=None, help="checkpoint dir (default: the bundled data/slice_recovery)")
+    ap.add_argument("--grain-sizes", type=float, nargs="+", default=[6.0, 10.0, 16.0])
+    ap.add_argument("--volumes", type=int, default=3, help="held-out volumes per grain size")
+    ap.add_argument("--shape", type=int, nargs=3, default=[24, 128, 128])
+    ap.add_argument("--missing-counts", type=int, nargs="+", default=[1, 3])
+    ap.add_argument("--noise-deg", type=float, default=1.0)
+    ap.add_argument("--device", default=None, help="device for ours (default: cuda when available)")
+    ap.add_argument("--boundary-tolerance", type=int, default=0,
+                    help="pixels within which a boundary pixel counts as matched (0: exact)")
+    ap.add_argument("--no-timing", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="1 volume per grain size, 16 x 48 x 48")
+    ap.add_argument("--json", default="slice_recovery.json")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.volumes, args.shape = 1, [16, 48, 48]
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    ckpt = args.checkpoint
+    net = load_model(ckpt, device=device) if ckpt else "default"
+    if ckpt:
+        import json
+
+        net.inference_settings = json.loads((Path(ckpt) / "config.json").read_text()).get("inference", {})
+
+    methods = {
+        "nearest slice": BASELINES["nearest"],
+        "slerp (symmetry-aware)": BASELINES["slerp"],
+        "projection of nearest": BASELINES["project_nearest"],
+        "ours, no projection": lambda v, m: recover_missing_slices(v.to(device), m, model=net, project=False,
+                                                                   progress=False).to("cpu"),
+        "ours": lambda v, m: recover_missing_slices(v.to(device), m, model=net, progress=False).to("cpu"),
+    }
+    acc = {}  # (method, n_missing, grain size) -> summed stats
+    Z = args.shape[0]
+    for gs_i, gs in enumerate(args.grain_sizes):
+        for k in range(args.volumes):
+            seed = 1000 + 100 * gs_i + k
+            assert seed < HELD_OUT_SEED_LIMIT
+            for nm in args.missing_counts:
+                missing = list(range(Z // 2 - nm // 2, Z // 2 - nm // 2 + nm))
+                vol, truth = synthetic_volume(tuple(args.shape), gs, "m-3m", seed, twins=0.3,
+                                              noise_deg=args.noise_deg, unindexed_fraction=0.01,
+                                              missing_slices=missing, return_truth=True)
+                for name, fn in methods.items():
+                    r = evaluate(fn, vol, truth, missing, args.boundary_tolerance)
+                    a = acc.setdefault((name, nm, gs), {"err_sum": 0.0, "n": 0, "within5": 0, "bc": [0, 0, 0, 0],
+                                                         "time_s": 0.0})
+                    for key in ("err_sum", "n", "within5", "time_s"):
+                        a[key] += r[key]
+                    a["bc"] = [x + y for x, y in zip(a["bc"], r["bc"])]
+                print(f"  grain size {gs}, seed {seed}, {nm} missing: done", flush=True)
+
+    table = Table(f"slice recovery on held-out synthetic volumes {tuple(args.shape)}, m-3m, twins, "
+                  f"{args.noise_deg} deg noise", ["method", "missing", "grain size", "mean mis. (deg)",
+                                                  "within 5 deg", "boundary F1", "time/vol (s)"])
+    for (name, nm, gs), a in acc.items():
+        p = a["bc"][0] / max(1, a["bc"][1])
+        r = a["bc"][2] / max(1, a["bc"][3])
+        f1 = 2 * p * r / max(1e-12, p + r)
+        table.add([name, nm, gs, a["err_sum"] / a["n"], a["within5"] / a["n"], f1, a["time_s"] / args.volumes])
+    table.print()
+    print(table.markdown())
+
+    timing = {}
+    if not args.no_timing:
+        tv = synthetic_volume((8, 128, 128), 10.0, "m-3m", 999, noise_deg=args.noise_deg, missing_slices=[4])
+        devs = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        for dev in devs:
+            m = load_model(ckpt, device=dev) if ckpt else "default"
+            if ckpt:
+                m.inference_settings = net.inference_settings
+            v = tv.to(dev)
+            t = time_call(lambda: recover_missing_slices(v, [4], model=m, device=dev, progress=False),
+                          warmup=1, repeat=3 if dev == "cpu" else 10)
+            timing[dev] = {"median_s": t.median, "min_s": t.min, "threads": torch.get_num_threads()}
+            print(f"inference, one 128x128 slice, {dev}: {t.median:.3f} s (median)", flush=True)
+    path = table.write_json(results_dir() / args.json, extra={"timing_per_128x128_slice": timing,
+                                                              "args": vars(args)})
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
