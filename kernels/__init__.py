@@ -11,6 +11,7 @@ Every public kernel is one function with a ``backend=`` argument:
 This package imports nothing from the other packages of the toolkit.
 """
 from ._dispatch import KernelBackendError, resolve_backend, triton_available
+from .gathered_ff import gathered_ff
 from .threshold import threshold, threshold_residual
 from .tucker import mode_product, multi_mode_product, tucker_to_tensor, unfold, fold
 from .rope_reconstruct import rope_reconstruct
