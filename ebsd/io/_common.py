@@ -210,3 +210,41 @@ def file_size(path) -> int:
         return os.path.getsize(path)
     except OSError:
         return -1
+
+
+# ---------------------------------------------------------------------------------------------- assembly
+def assemble_volume(*, quaternions: torch.Tensor, phases: torch.Tensor, confidence: torch.Tensor,
+                    image_quality: torch.Tensor, valid: torch.Tensor, spacing, origin, phase_info, metadata):
+    """Build an :class:`EBSDVolume` from preallocated full-size tensors without the whole-volume temporaries
+    of ``EBSDVolume.__post_init__`` (its finite/unit-norm checks allocate ~0.9x the tensors again for big
+    volumes). The same checks run here slab by slab; the dataclass validates everything else on a one-voxel
+    stand-in, then the full tensors are put in place."""
+    from ..errors import EBSDValueError
+    from ..volume import EBSDVolume
+
+    shp = tuple(quaternions.shape[:3])
+    if quaternions.ndim != 4 or quaternions.shape[-1] != 4 or quaternions.dtype != torch.float32:
+        raise EBSDValueError(f"quaternions must be float32 (Z, Y, X, 4), got {tuple(quaternions.shape)}")
+    for name, t, dt in (("phases", phases, torch.int32), ("confidence", confidence, torch.float32),
+                        ("image_quality", image_quality, torch.float32), ("valid", valid, torch.bool)):
+        if tuple(t.shape) != shp or t.dtype != dt:
+            raise EBSDValueError(f"{name} has shape {tuple(t.shape)} / {t.dtype}, expected {shp} / {dt}")
+    flat = quaternions.reshape(-1, 4)
+    step = 1 << 22
+    for i in range(0, flat.shape[0], step):
+        blk = flat[i:i + step]
+        if not torch.isfinite(blk).all():
+            raise EBSDValueError("quaternions contain NaN or inf")
+        if (blk.norm(dim=-1) - 1).abs().max() > 1e-3:
+            raise EBSDValueError("quaternions are not unit")
+    if not all(shp):
+        return EBSDVolume(quaternions=quaternions, phases=phases, confidence=confidence,
+                          image_quality=image_quality, spacing=spacing, origin=origin, phase_info=phase_info,
+                          valid=valid, metadata=metadata)
+    vol = EBSDVolume(quaternions=quaternions[:1, :1, :1].clone(), phases=phases[:1, :1, :1].clone(),
+                     confidence=confidence[:1, :1, :1].clone(), image_quality=image_quality[:1, :1, :1].clone(),
+                     spacing=spacing, origin=origin, phase_info=phase_info, valid=valid[:1, :1, :1].clone(),
+                     metadata=metadata)
+    vol.quaternions, vol.phases, vol.confidence, vol.image_quality, vol.valid = (
+        quaternions, phases, confidence, image_quality, valid)
+    return vol

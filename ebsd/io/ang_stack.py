@@ -22,7 +22,7 @@ import torch
 
 from ..errors import EBSDFormatError, EBSDValueError
 from ..volume import EBSDVolume, Phase
-from ._common import metadata_to_json, natural_key, progress_bar
+from ._common import assemble_volume, metadata_to_json, natural_key, progress_bar
 from .ang import parse_ang, write_ang
 
 __all__ = ["read_ang_stack", "write_ang_folder", "list_ang_files", "SIDECAR"]
@@ -148,7 +148,7 @@ def read_ang_stack(
                                             lattice=tuple(float(t) for t in v["lattice"]))
             except (TypeError, ValueError, KeyError, AttributeError):
                 continue
-    return EBSDVolume(
+    return assemble_volume(
         quaternions=quats, phases=phases, confidence=ci, image_quality=iq,
         spacing=(dz, first.dy, first.dx), origin=origin, phase_info=phase_info, valid=valid, metadata=metadata,
     )

@@ -38,6 +38,7 @@ import torch
 from ..errors import EBSDFormatError, EBSDValueError
 from ..volume import EBSDVolume, Phase
 from ._common import (
+    assemble_volume,
     DREAM3D_CODE_TO_LAUE,
     DREAM3D_UNKNOWN,
     LAUE_TO_DREAM3D_CODE,
@@ -330,7 +331,7 @@ def _read(f: h5py.File, path: Path, container: str | None, progress: bool) -> EB
     md.update({"source": str(path), "format": "dream3d", "dream3d_container": cname})
     if len(cand) > 1:
         md["dream3d_other_containers"] = cand[1:]
-    return EBSDVolume(quaternions=quats, phases=phases, confidence=ci, image_quality=iq, spacing=sp, origin=org,
+    return assemble_volume(quaternions=quats, phases=phases, confidence=ci, image_quality=iq, spacing=sp, origin=org,
                       phase_info=phase_info, valid=valid, metadata=md)
 
 

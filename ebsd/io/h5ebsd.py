@@ -27,7 +27,7 @@ import torch
 
 from ..errors import EBSDFormatError, EBSDValueError
 from ..volume import EBSDVolume
-from ._common import FormatContext, fmt_error, progress_bar
+from ._common import assemble_volume, FormatContext, fmt_error, progress_bar
 from .h5oim import check_grid, read_phases, read_slice_into, scalar
 
 __all__ = ["read_h5ebsd", "is_h5ebsd"]
@@ -136,6 +136,6 @@ def _read(f: h5py.File, path: Path, z_spacing, progress) -> EBSDVolume:
         ds = f.get(k)
         if isinstance(ds, h5py.Dataset) and ds.dtype.kind in "fiu" and ds.size <= 16:
             meta[k] = np.asarray(ds[()]).ravel().tolist()
-    return EBSDVolume(quaternions=quats, phases=phases, confidence=ci, image_quality=iq,
+    return assemble_volume(quaternions=quats, phases=phases, confidence=ci, image_quality=iq,
                       spacing=(dz, dy, dx), origin=(0.0, 0.0, 0.0), phase_info=phase_info, valid=valid,
                       metadata=meta)

@@ -27,6 +27,7 @@ import torch
 from ..errors import EBSDFormatError, EBSDValueError
 from ..volume import EBSDVolume, Phase
 from ._common import (
+    assemble_volume,
     FormatContext, euler_rows_to_quat, fmt_error, laue_from_tsl, natural_key, progress_bar, resolve_phase0,
 )
 
@@ -277,6 +278,6 @@ def _read(f, path, scan, z_spacing, progress) -> EBSDVolume:
     manu = f.attrs.get(" Manufacturer", f.attrs.get("Manufacturer", b""))
     meta = {"source": str(path), "format": "h5oim", "scans": chosen, "all_scans": scans,
             "manufacturer": manu.decode(errors="replace") if isinstance(manu, bytes) else str(manu)}
-    return EBSDVolume(quaternions=quats, phases=phases, confidence=ci, image_quality=iq,
+    return assemble_volume(quaternions=quats, phases=phases, confidence=ci, image_quality=iq,
                       spacing=(dz, dy, dx), origin=(0.0, y0, x0), phase_info=phase_info, valid=valid,
                       metadata=meta)
