@@ -284,14 +284,7 @@ class MultimodalDiffusion:
             r = (op(torch.cat((x[:, :EBSD_CHANNELS], pred), 1)) - y).flatten(1).pow(2).mean(1).sqrt() / sig
             cons = torch.cat((cons, r[:, None]), 1)
             scores = scores + r
-        order = torch.argsort(scores).tolist()
-        if combine == "best":
-            chosen = order[:1]
-        elif combine == "mean":
-            chosen = order[: max(1, n_keep or (len(order) + 1) // 2)]
-        else:
-            raise DiffusionInputError(f"combine must be 'best' or 'mean', got {combine!r}")
-        est = x[chosen].mean(0)
+        est, chosen = combine_samples(x, scores, combine, n_keep)
         q = channels_to_quat(est[:EBSD_CHANNELS])
         pl = pl_from_model(est[EBSD_CHANNELS:]).clamp(0, 1)
         if is_np:
@@ -403,6 +396,20 @@ class MultimodalDiffusion:
                              for s in res.samples[res.chosen]]).float().mean(0)
         b = probs >= 0.5
         return b.numpy() if is_np else b
+
+
+def combine_samples(samples: torch.Tensor, scores: torch.Tensor, combine: str = "mean", n_keep: int | None = None):
+    """Inference-time scaling: ``(n, C, H, W)`` samples and their ``(n,)`` consistency scores (lower is
+    better) -> ``(combined (C, H, W), chosen indices)``: the best sample (``"best"``) or the channel-space
+    mean of the ``n_keep`` best (``"mean"``, default the better half)."""
+    order = torch.argsort(scores).tolist()
+    if combine == "best":
+        chosen = order[:1]
+    elif combine == "mean":
+        chosen = order[: max(1, n_keep or (len(order) + 1) // 2)]
+    else:
+        raise DiffusionInputError(f"combine must be 'best' or 'mean', got {combine!r}")
+    return samples[chosen].mean(0), chosen
 
 
 def boundary_map(quaternions, threshold_deg: float = 5.0, symmetry: str = "6/mmm"):
