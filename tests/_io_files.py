@@ -30,58 +30,19 @@ def random_volume(shape=(4, 6, 7), seed=0, two_phase=True, unindexed=0.1) -> EBS
                       valid=valid, metadata={"recovered_slices": [1], "note": "random test volume"})
 
 
-def _scalar(g, name, value):
-    if isinstance(value, str):
-        g.create_dataset(name, data=np.array([value.encode()]))
-    else:
-        g.create_dataset(name, data=np.array([value]))
-
-
 def write_oim_h5(path, vol: EBSDVolume, scans=None, grid="SqrGrid"):
-    """EDAX OIM .h5: one scan per z slice (names 'Scan 1', 'Scan 2', ...) or ``scans`` names."""
+    """EDAX OIM .h5 via :func:`ebsd.io.h5oim.write_oim_h5` (one scan per z slice), optionally relabelled
+    as another grid type."""
     import h5py
 
-    from ebsd.io._common import LAUE_TO_TSL_CODE
-    from ebsd.orientation import quat_to_euler
+    from ebsd.io.h5oim import write_oim_h5 as _write
 
-    Z, Y, X = vol.shape
-    dz, dy, dx = vol.spacing
-    names = scans or [f"Scan {i + 1}" for i in range(Z)]
-    with h5py.File(path, "w") as f:
-        f.attrs[" Manufacturer"] = np.bytes_("EDAX")
-        f.attrs[" Version"] = np.bytes_("OIM Analysis 8.6.0101 x64")
-        for z, name in enumerate(names):
-            hdr = f.create_group(f"{name}/EBSD/Header")
-            _scalar(hdr, "nColumns", np.int32(X))
-            _scalar(hdr, "nRows", np.int32(Y))
-            _scalar(hdr, "Step X", np.float32(dx))
-            _scalar(hdr, "Step Y", np.float32(dy))
-            _scalar(hdr, "Grid Type", grid)
-            _scalar(hdr, "Working Distance", np.float32(15.0))
-            pc = hdr.create_group("Pattern Center Calibration")
-            for k in ("x-star", "y-star", "z-star"):
-                _scalar(pc, k, np.float32(0.5))
-            for pid, ph in vol.phase_info.items():
-                pg = hdr.create_group(f"Phase/{pid}")
-                _scalar(pg, "MaterialName", ph.name)
-                _scalar(pg, "Formula", ph.name[:2])
-                _scalar(pg, "Symmetry", np.int32(LAUE_TO_TSL_CODE[ph.symmetry]))
-                for c, v in zip(("a", "b", "c", "alpha", "beta", "gamma"), ph.lattice):
-                    _scalar(pg, f"Lattice Constant {c}", np.float32(v))
-                _scalar(pg, "NumberFamilies", np.int32(0))
-            d = f.create_group(f"{name}/EBSD/Data")
-            e = quat_to_euler(vol.quaternions[z].double()).numpy().reshape(-1, 3)
-            d["Phi1"] = e[:, 0].astype(np.float32)
-            d["Phi"] = e[:, 1].astype(np.float32)
-            d["Phi2"] = e[:, 2].astype(np.float32)
-            yy, xx = np.meshgrid(np.arange(Y) * dy, np.arange(X) * dx, indexing="ij")
-            d["X Position"] = xx.ravel().astype(np.float32)
-            d["Y Position"] = yy.ravel().astype(np.float32)
-            d["IQ"] = vol.image_quality[z].numpy().ravel()
-            d["CI"] = vol.confidence[z].numpy().ravel()
-            d["Phase"] = vol.phases[z].numpy().ravel().astype(np.int32)
-            d["Fit"] = np.zeros(Y * X, np.float32)
-            d["SEM Signal"] = np.zeros(Y * X, np.float32)
+    _write(vol, path, scans=scans)
+    if grid != "SqrGrid":
+        with h5py.File(path, "a") as f:
+            for name in f:
+                del f[name]["EBSD/Header/Grid Type"]
+                f[name]["EBSD/Header/Grid Type"] = np.array([grid.encode()])
     return path
 
 

@@ -28,7 +28,7 @@ import torch
 from ..errors import EBSDFormatError, EBSDValueError
 from ..volume import EBSDVolume
 from ._common import assemble_volume, FormatContext, fmt_error, progress_bar
-from .h5oim import check_grid, read_phases, read_slice_into, scalar
+from .h5oim import check_grid, read_phases, read_slice_into, scalar, undo_phase0
 
 __all__ = ["read_h5ebsd", "is_h5ebsd"]
 
@@ -113,6 +113,7 @@ def _read(f: h5py.File, path: Path, z_spacing, progress) -> EBSDVolume:
     ci = torch.empty((Z, nrows, ncols), dtype=torch.float32)
     iq = torch.empty((Z, nrows, ncols), dtype=torch.float32)
     valid = torch.empty((Z, nrows, ncols), dtype=torch.bool)
+    mapped: dict = {}
     with progress_bar(Z, "reading H5EBSD slices", progress) as bar:
         for z, i in enumerate(index):
             g = f[str(i)]
@@ -127,8 +128,12 @@ def _read(f: h5py.File, path: Path, z_spacing, progress) -> EBSDVolume:
                 ph = read_phases(path, g["Header"], H5EBSD_NAMES["phase_group"], "h5ebsd")
                 if {k: v.symmetry for k, v in ph.items()} != {k: v.symmetry for k, v in phase_info.items()}:
                     raise EBSDFormatError(f"{path}: slice {i} phases differ from slice {index[0]}")
-            read_slice_into(path, g["Data"], nrows, ncols, H5EBSD_NAMES, phase_info, z, quats, phases, ci, iq, valid)
+            m = read_slice_into(path, g["Data"], nrows, ncols, H5EBSD_NAMES, phase_info, z, quats, phases, ci, iq,
+                                valid)
+            if m is not None:
+                mapped[z] = m
             bar.update(1)
+    undo_phase0(mapped, Z, phases, valid)
     meta = {"source": str(path), "format": "h5ebsd", "z_indices": index, "stacking_order": order,
             "manufacturer": manu}
     for k in ("SampleTransformationAngle", "SampleTransformationAxis", "EulerTransformationAngle",

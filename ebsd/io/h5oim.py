@@ -31,7 +31,7 @@ from ._common import (
     FormatContext, euler_rows_to_quat, fmt_error, laue_from_tsl, natural_key, progress_bar, resolve_phase0,
 )
 
-__all__ = ["read_h5oim", "list_scans"]
+__all__ = ["read_h5oim", "write_oim_h5", "list_scans"]
 
 OIM_NAMES = {
     "ncols": ("nColumns",), "nrows": ("nRows",), "dx": ("Step X",), "dy": ("Step Y",), "grid": ("Grid Type",),
@@ -138,8 +138,9 @@ def _data(path, g: h5py.Group, names, n: int, required: bool = True) -> np.ndarr
 
 
 def read_slice_into(path, data: h5py.Group, nrows: int, ncols: int, names: dict, phase_info: dict[int, Phase],
-                    z: int, quats, phases, ci, iq, valid) -> None:
-    """Read one Data group (raster order) into row ``z`` of the preallocated output tensors."""
+                    z: int, quats, phases, ci, iq, valid) -> np.ndarray | None:
+    """Read one Data group (raster order) into row ``z`` of the preallocated output tensors. Returns the mask
+    of points whose phase value 0 was read as the single phase (see :func:`resolve_phase0`), or ``None``."""
     n = nrows * ncols
     eul = np.empty((n, 3), dtype=np.float64)
     for j, k in enumerate(("phi1", "Phi", "phi2")):
@@ -154,6 +155,7 @@ def read_slice_into(path, data: h5py.Group, nrows: int, ncols: int, names: dict,
     q = np.ones(n, np.float32) if q is None else q.astype(np.float32)
     p = _data(path, data, names["phase"], n, required=False)
     ids = set(phase_info)
+    mapped = None
     if p is None:
         p = np.full(n, min(ids), np.int32)
     else:
@@ -161,7 +163,7 @@ def read_slice_into(path, data: h5py.Group, nrows: int, ncols: int, names: dict,
             raise fmt_error(path, f"{data.name}: phase values are not integers")
         if np.abs(p).max(initial=0) > 2**31 - 1:
             raise fmt_error(path, f"{data.name}: phase values out of range")
-        p, _ = resolve_phase0(p.astype(np.int32), c, ids)
+        p, mapped = resolve_phase0(p.astype(np.int32), c, ids)
     known = np.isin(p, np.fromiter(ids, dtype=np.int32))
     bad = [int(v) for v in np.unique(p[~known]) if v not in (0, -1)]
     if bad:
@@ -170,6 +172,16 @@ def read_slice_into(path, data: h5py.Group, nrows: int, ncols: int, names: dict,
     ci[z] = torch.from_numpy(c.reshape(nrows, ncols))
     iq[z] = torch.from_numpy(q.reshape(nrows, ncols))
     valid[z] = torch.from_numpy((known & (c >= 0)).reshape(nrows, ncols))
+    return None if mapped is None else mapped.reshape(nrows, ncols)
+
+
+def undo_phase0(mapped: dict, Z: int, phases, valid) -> None:
+    """If only some slices read phase 0 as the single phase, 0 means "not indexed" in this stack: undo."""
+    if mapped and len(mapped) < Z:
+        for z, m in mapped.items():
+            mt = torch.from_numpy(m)
+            phases[z][mt] = 0
+            valid[z][mt] = False
 
 
 def check_grid(path, g: h5py.Group, grid: str | None):
@@ -260,11 +272,15 @@ def _read(f, path, scan, z_spacing, progress) -> EBSDVolume:
     ci = torch.empty((Z, nrows, ncols), dtype=torch.float32)
     iq = torch.empty((Z, nrows, ncols), dtype=torch.float32)
     valid = torch.empty((Z, nrows, ncols), dtype=torch.bool)
+    mapped = {}
     with progress_bar(Z, "reading OIM scans", progress) as bar:
         for z, s in enumerate(chosen):
-            read_slice_into(path, f[s]["EBSD/Data"], nrows, ncols, OIM_NAMES, phase_info, z,
-                            quats, phases, ci, iq, valid)
+            m = read_slice_into(path, f[s]["EBSD/Data"], nrows, ncols, OIM_NAMES, phase_info, z,
+                                quats, phases, ci, iq, valid)
+            if m is not None:
+                mapped[z] = m
             bar.update(1)
+    undo_phase0(mapped, Z, phases, valid)
     x0 = y0 = 0.0
     try:
         d = f[chosen[0]]["EBSD/Data"]
@@ -281,3 +297,71 @@ def _read(f, path, scan, z_spacing, progress) -> EBSDVolume:
     return assemble_volume(quaternions=quats, phases=phases, confidence=ci, image_quality=iq,
                       spacing=(dz, dy, dx), origin=(0.0, y0, x0), phase_info=phase_info, valid=valid,
                       metadata=meta)
+
+
+# ---------------------------------------------------------------------------------------------- writer
+def write_oim_h5(vol: EBSDVolume, path, overwrite: bool = False, scans=None) -> Path:
+    """Write ``vol`` as an EDAX OIM-style ``.h5``: one scan group per z slice (``"Scan 1"``, ... or the
+    names in ``scans``), with the Header/Data layout :func:`read_h5oim` reads (Euler angles float32 radians).
+
+    Meant for tests and for exchanging single scans; ``.dream3d`` is the lossless format. Invalid voxels whose
+    phase is a defined phase get CI = -1 (as in .ang). Written via a temporary file and a rename.
+    """
+    from ..orientation import quat_to_euler
+    from ._atomic import atomic_file
+    from ._common import LAUE_TO_TSL_CODE
+
+    def put(g, name, value):
+        if isinstance(value, str):
+            g.create_dataset(name, data=np.array([value.encode("utf-8")]))
+        else:
+            g.create_dataset(name, data=np.array([value]))
+
+    Z, Y, X = vol.shape
+    dz, dy, dx = vol.spacing
+    z0, y0, x0 = vol.origin
+    names = list(scans) if scans is not None else [f"Scan {i + 1}" for i in range(Z)]
+    if len(names) != Z or len(set(names)) != Z:
+        raise EBSDValueError(f"scans needs {Z} distinct names, got {names}")
+    ids = np.fromiter(vol.phase_info, dtype=np.int64)
+    with atomic_file(path, overwrite=overwrite) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs[" Manufacturer"] = np.bytes_("EDAX")
+            f.attrs[" Version"] = np.bytes_("ebsd-tensor-toolkit OIM-style writer")
+            for z, name in enumerate(names):
+                hdr = f.create_group(f"{name}/EBSD/Header")
+                put(hdr, "nColumns", np.int32(X))
+                put(hdr, "nRows", np.int32(Y))
+                put(hdr, "Step X", np.float32(dx))
+                put(hdr, "Step Y", np.float32(dy))
+                put(hdr, "Grid Type", "SqrGrid")
+                pc = hdr.create_group("Pattern Center Calibration")
+                for k in ("x-star", "y-star", "z-star"):
+                    put(pc, k, np.float32(0.0))
+                for pid, ph in vol.phase_info.items():
+                    code = LAUE_TO_TSL_CODE.get(ph.symmetry)
+                    if code is None:
+                        raise EBSDValueError(f"phase {pid}: symmetry {ph.symmetry!r} has no TSL code")
+                    pg = hdr.create_group(f"Phase/{pid}")
+                    put(pg, "MaterialName", str(ph.name))
+                    put(pg, "Formula", str(ph.name))
+                    put(pg, "Symmetry", np.int32(code))
+                    for c, v in zip(("a", "b", "c", "alpha", "beta", "gamma"), ph.lattice):
+                        put(pg, f"Lattice Constant {c}", np.float32(v))
+                    put(pg, "NumberFamilies", np.int32(0))
+                d = f.create_group(f"{name}/EBSD/Data")
+                e = quat_to_euler(vol.quaternions[z].detach().cpu().double()).numpy().reshape(-1, 3)
+                for j, k in enumerate(("Phi1", "Phi", "Phi2")):
+                    d[k] = e[:, j].astype(np.float32)
+                yy, xx = np.meshgrid(y0 + dy * np.arange(Y), x0 + dx * np.arange(X), indexing="ij")
+                d["X Position"] = xx.ravel().astype(np.float32)
+                d["Y Position"] = yy.ravel().astype(np.float32)
+                ph_z = vol.phases[z].cpu().numpy().ravel().astype(np.int32)
+                ci = vol.confidence[z].cpu().numpy().ravel().astype(np.float32)
+                valid = vol.valid[z].cpu().numpy().ravel()
+                d["CI"] = np.where(~valid & np.isin(ph_z, ids) & (ci >= 0), np.float32(-1), ci)
+                d["IQ"] = vol.image_quality[z].cpu().numpy().ravel().astype(np.float32)
+                d["Phase"] = ph_z
+                d["Fit"] = np.zeros(Y * X, np.float32)
+                d["SEM Signal"] = np.zeros(Y * X, np.float32)
+    return Path(path)
