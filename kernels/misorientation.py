@@ -18,12 +18,18 @@ squares, which keeps small angles accurate in float32 (``acos`` near 1 would los
 * ``622`` (12 rotations, 6-fold along z, 2-folds along x and y as in orix ``D6``): the 6-fold rotations
   only mix ``(a, d)``, the 2-folds only ``(b, c)``; each gives ``|u cos t + v sin t|`` for ``t = k*30 deg``.
 
-The Triton kernel (``_triton_misorientation``) computes the same formulas with the operators as
-compile-time constants; the torch version here is its reference and runs anywhere.
+Backends: ``"triton"`` (``_triton_misorientation``: the same formulas with the operators as compile-time
+constants, one fused pass); ``"torch"``: :func:`torch_misorientation_angle`, the reference (any device).
+With the default ``backend=None``/``"auto"`` on CPU tensors, the same formulas run as one fused,
+multi-threaded loop compiled by numba when numba is importable (it is a dependency of orix); eager torch
+needs ~80 passes over memory for these few flops per pair, the fused loop one. The numba loop is tested
+against the torch reference; ``backend="torch"`` (or ``EBSDTK_KERNEL_BACKEND=torch``) skips it.
 """
 from __future__ import annotations
 
+import functools
 import math
+import os
 
 import torch
 
@@ -153,4 +159,30 @@ def misorientation_angle(
         from ._triton_misorientation import triton_misorientation_angle
 
         return triton_misorientation_angle(q1, q2, g)
+    choice = (backend if backend is not None else os.environ.get("EBSDTK_KERNEL_BACKEND", "auto")).lower()
+    if choice == "auto" and q1.device.type == "cpu" and q1.dtype in (torch.float32, torch.float64):
+        fused = _numba_kernel(g)
+        if fused is not None:
+            return _run_fused(fused, q1, q2)
     return torch_misorientation_angle(q1, q2, g)
+
+
+# ------------------------------------------------------------------------------------------ fused CPU loop
+def _run_fused(kernel, q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
+    shape = torch.broadcast_shapes(q1.shape, q2.shape)
+    a = q1.detach().expand(shape).reshape(-1, 4).contiguous()
+    b = q2.detach().expand(shape).reshape(-1, 4).contiguous()
+    out = torch.empty(a.shape[0], dtype=a.dtype)
+    if out.numel():
+        kernel(a.numpy(), b.numpy(), out.numpy())
+    return out.reshape(shape[:-1])
+
+
+@functools.lru_cache(maxsize=None)
+def _numba_kernel(group: str):
+    """The numba-compiled fused loop for ``group`` (``_numba_misorientation``), or ``None`` without numba."""
+    try:
+        from . import _numba_misorientation as nbm
+    except Exception:  # pragma: no cover - numba comes with orix
+        return None
+    return nbm.cubic_angles if group == "432" else nbm.hexagonal_angles

@@ -139,3 +139,16 @@ def test_errors():
         if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
             with pytest.raises(KernelBackendError):
                 misorientation_angle(q, q, "432", backend="triton")
+
+
+@pytest.mark.parametrize("group", ["432", "622"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_auto_fused_loop_equals_reference(group, dtype, monkeypatch):
+    """backend=None on CPU runs the fused numba loop (when numba is there): same numbers as the reference."""
+    monkeypatch.delenv("EBSDTK_KERNEL_BACKEND", raising=False)
+    q1, q2 = rand_q((3, 1001), 60), rand_q((1001,), 61)
+    got = misorientation_angle(q1.to(dtype), q2.to(dtype), group)
+    ref = torch_misorientation_angle(q1.to(dtype), q2.to(dtype), group)
+    assert got.shape == (3, 1001) and got.dtype == dtype
+    assert (got - ref).abs().max().item() < (1e-12 if dtype == torch.float64 else 1e-6)
+    assert (got.double() - brute_force(q1, q2.expand(3, -1, -1), group)).abs().max().item() < 2e-6

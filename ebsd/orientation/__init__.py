@@ -19,6 +19,7 @@ from .quaternion import (
 from .symmetry import Symmetry, get_symmetry
 from .misorientation import misorientation, misorientation_angle, symmetry_equivalents
 from .fundamental_zone import align_to_reference, mean_orientation, reduce_to_fundamental_zone
+from .grains import segment_grains
 from .cubochoric import (
     CUBOCHORIC_HALF_EDGE,
     HOMOCHORIC_RADIUS,
@@ -51,6 +52,7 @@ __all__ = [
     "reduce_to_fundamental_zone",
     "mean_orientation",
     "align_to_reference",
+    "segment_grains",
     "quat_to_homochoric",
     "homochoric_to_quat",
     "quat_to_cubochoric",
