@@ -37,9 +37,20 @@ def _check(Y, H, UN, Uprev, mode):
 
 
 def residual_contract_torch(Y, H, UN, Uprev, zeta, mode: str = "hard"):
-    """Reference implementation (differentiable in ``Y``, ``H``, ``U_N``, ``U_prev``; materialises X and R)."""
-    X = torch.matmul(H, UN.t())
-    R = threshold_residual(Y, X, zeta, mode=mode, out="residual", backend="torch")
+    """Reference implementation (materialises ``X`` and ``R``).
+
+    Differentiable in ``Y``, ``H``, ``U_N``, ``U_prev`` when any of them requires grad; otherwise it works
+    in place on the one full-size temporary (fewer passes over memory on CPU).
+    """
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (Y, H, UN, Uprev)):
+        X = torch.matmul(H, UN.t())
+        R = threshold_residual(Y, X, zeta, mode=mode, out="residual", backend="torch")
+    else:
+        R = torch.matmul(H, UN.t()).sub_(Y)  # X - Y = -D
+        if mode == "hard":
+            R.masked_fill_(R.abs() > zeta, 0)  # -D 1{|D| <= zeta}
+        else:
+            R.clamp_(-zeta, zeta)  # -clamp(D, -zeta, zeta)
     return torch.matmul(R, UN), torch.matmul(Uprev.t(), R)
 
 

@@ -4,13 +4,15 @@ Theory (Dong-Tong-Ma-Chi) wants ``zeta_0`` at or just above ``max|X*|`` and ``ze
 entrywise error of the initial estimate, ``max|X* - X_0|``. Neither is known; both are estimated here from
 robust statistics that survive a large fraction of gross corruption:
 
-* ``zeta_0``: clip ``Y`` at ``|median(Y)| + 5 * sigma`` (``sigma``: a MAD scale of ``Y``, robust to up to half
-  of the entries being corrupted), take the rank-``r`` HOSVD of the clipped tensor, and use 3 times the
-  largest entry of that low-rank estimate. The clipping biases that estimate low when ``X*`` is spiky (high
-  ``kappa``: entries of a dominant rank-1 term are products of Gaussians, max/RMS above 10), and a
-  ``zeta_0`` below ``max|X*|`` is fatal (true spikes are then treated as corruption for good), while one a
-  few times too large costs almost nothing (corruption of that size barely moves the HOSVD). A multiple of the median of ``|Y|`` alone is not enough: the ratio of
-  ``max|X*|`` to the median depends on the data, and corruption moves the median.
+* ``zeta_0``: walk down from ``max|Y|`` to the fixed point ``z = 1.25 max|HOSVD_r(Y 1{|Y| <= z})|``
+  (at most 12 rounds, stop when a round lowers ``z`` by less than 5%). Gross corruption far above the
+  low-rank part is clipped away round by round; while ``z > max|X*|`` every true entry stays in, the rank-r
+  fit keeps the spikes of ``X*`` and the next ``z`` stays above them, so the walk does not cross below
+  ``max|X*|``. That direction matters: a ``zeta_0`` below ``max|X*|`` is fatal for spiky ``X*`` (high
+  ``kappa`` or high order: entries of a dominant rank-1 term are products of Gaussians, with max/RMS of 10
+  to 40), because the clipped spikes are then treated as corruption for good, while a ``zeta_0`` somewhat
+  above ``max|X*|`` costs little on tensors. A multiple of the median of ``|Y|`` (or a clip at a few MAD)
+  cannot see those spikes, and corruption moves the median.
 * ``zeta_1``: ``4 * sigma_E`` where ``sigma_E`` is a MAD scale of the residual ``E = Y - X_0`` of the
   spectral initialisation: on clean entries ``E = X* - X_0`` (what the threshold must let through), on
   corrupted ones it is large, and the median ignores those.
@@ -28,8 +30,8 @@ from kernels import multi_mode_product, threshold_residual, unfold
 
 _SAMPLE = 1 << 20  # entries used for the robust quantiles (exact below this size)
 _MAD = 1.482602218505602  # 1 / Phi^{-1}(3/4): MAD -> standard deviation for Gaussian data
-ZETA0_CLIP = 5.0
-ZETA0_MULT = 3.0
+ZETA0_MULT = 1.25
+ZETA0_ROUNDS = 12
 ZETA1_MULT = 4.0
 
 
@@ -92,14 +94,21 @@ def hosvd(T: torch.Tensor, ranks: Sequence[int]) -> tuple[list[torch.Tensor], to
 
 
 def default_zeta0(Y: torch.Tensor, ranks: Sequence[int], sparsity: float | None = None) -> float:
-    """Estimate of ``max|X*|`` (see the module docstring)."""
-    med, s = robust_scale(Y, sparsity=sparsity)
-    clip = abs(med) + ZETA0_CLIP * s
-    if clip <= 0:
+    """Estimate of a threshold just above ``max|X*|`` (see the module docstring)."""
+    z = float(Y.abs().max())
+    if z <= 0:
         return 0.0
-    factors, core = hosvd(threshold_residual(Y, None, clip, out="residual").neg_(), ranks)
-    X = multi_mode_product(core, factors)
-    return ZETA0_MULT * float(X.abs().max())
+    # 1) clip level: walk down from max|Y| to the fixed point z = c max|HOSVD_r(Y 1{|Y| <= z})|. From above,
+    #    every true spike of X* stays in while z > max|X*|, so the fit keeps it and z never drops below it.
+    for _ in range(ZETA0_ROUNDS):
+        factors, core = hosvd(threshold_residual(Y, None, z, out="residual").neg_(), ranks)
+        X = multi_mode_product(core, factors)
+        z_new = min(z, ZETA0_MULT * float(X.abs().max()))
+        done = z_new >= 0.95 * z
+        z = z_new
+        if done:
+            break
+    return z
 
 
 def default_zeta1(Y: torch.Tensor, X0: torch.Tensor, sparsity: float | None = None) -> float:
