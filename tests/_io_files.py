@@ -9,11 +9,7 @@ from ebsd import EBSDVolume, Phase
 
 
 def random_volume(shape=(4, 6, 7), seed=0, two_phase=True, unindexed=0.1) -> EBSDVolume:
-    """A small random volume: uniform random orientations, CI -1 where not indexed."""
-    try:  # use the synthetic generator when it exists
-        from ebsd.synthetic import synthetic_volume  # noqa: F401
-    except Exception:
-        pass
+    """A small random volume: uniform random orientations (two phases), CI -1 where not indexed."""
     g = torch.Generator().manual_seed(seed)
     Z, Y, X = shape
     q = torch.randn(Z, Y, X, 4, generator=g, dtype=torch.float64)

@@ -23,7 +23,6 @@ x 1000 ``.dream3d`` (5e7 voxels, 1383 MiB of tensors): peak RSS growth 1750 MiB 
 """
 from __future__ import annotations
 
-import glob as _glob
 from pathlib import Path
 from typing import Any
 

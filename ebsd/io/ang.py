@@ -228,7 +228,7 @@ def _grid_indices(x, y, dx, dy, ncols, nrows, path):
             f"says NROWS={nrows}, NCOLS={ncols}"
         )
     flat = (row * ncols + col).astype(np.int64)
-    if flat.size != nrows * ncols or np.unique(flat).size != flat.size:
+    if flat.size != nrows * ncols or (np.bincount(flat, minlength=flat.size) != 1).any():
         raise fmt_error(path, "x/y columns repeat a grid point (or miss one); the data are garbled")
     return flat, x0, y0
 

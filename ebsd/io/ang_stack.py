@@ -15,7 +15,6 @@ import json
 import math
 import warnings
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

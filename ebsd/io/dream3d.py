@@ -35,7 +35,7 @@ import h5py
 import numpy as np
 import torch
 
-from ..errors import EBSDFormatError, EBSDValueError
+from ..errors import EBSDValueError
 from ..volume import EBSDVolume, Phase
 from ._common import (
     assemble_volume,
