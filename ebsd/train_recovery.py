@@ -36,16 +36,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=7.0, help="wall-clock budget for the whole run")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, batch order and data streams (< 1000)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--warmup-steps", type=int, default=200)
-    p.add_argument("--d-model", type=int, default=96)
+    p.add_argument("--d-model", type=int, default=80)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--mlp-ratio", type=float, default=2.0)
-    p.add_argument("--tile", type=int, default=32, help="training tile (y, x) size")
-    p.add_argument("--context", type=int, default=3, help="known slices each side of the hidden run")
+    p.add_argument("--tile", type=int, default=48, help="training tile (y, x) size")
+    p.add_argument("--context", type=int, default=2, help="known slices each side of the hidden run")
     p.add_argument("--visible-weight", type=float, default=0.1, help="loss weight on voxels not hidden")
     p.add_argument("--grain-size", type=float, nargs=2, default=(4.0, 18.0), help="mean grain size range (voxels)")
     p.add_argument("--volume-shape", type=int, nargs=3, default=(20, 80, 80))
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             args.workers = 1
     if not 0 <= args.seed < 1000:
         raise SystemExit("--seed must be in 0..999 (data streams are seed * 1000 + worker)")
-    from ebsd.recovery._common import misorientation_deg
+    from ebsd.recovery._common import cos_half_misorientation, symmetry_operators
     from ebsd.recovery.api import DEFAULT_INFERENCE
     from ebsd.recovery.data import HELD_OUT_SEED_LIMIT, TRAIN_SEED_BASE, SampleConfig, SampleDataset, SampleStream
     from ebsd.recovery.model import ModelConfig, SliceRecoveryTransformer, prepare_input, symmetric_quaternion_loss
@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         for b in val:
             _, pred, hidden, target, sym, _, _ = forward(b)
             losses.append(float(symmetric_quaternion_loss(pred[hidden], target[hidden], sym)))
-            mis.append(float(misorientation_deg(pred[hidden], target[hidden], sym).mean()))
+            c = cos_half_misorientation(pred[hidden], target[hidden], symmetry_operators(sym, pred))
+            mis.append(float(torch.rad2deg(2 * torch.acos(c.clamp(max=1.0))).mean()))
         model.train()
         return {"loss": sum(losses) / len(losses), "mis_deg": sum(mis) / len(mis)}
 
@@ -220,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         "args": vars(args), "seed": args.seed, "steps": step, "samples_seen": seen,
         "wall_s": round(wall, 1), "data_wait_s": round(data_wait, 1), "final_val": final,
         "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
+        "max_gpu_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if cuda else None,
         "torch": torch.__version__, "git_commit": _git_commit(), "precision": "bf16 autocast" if cuda else "fp32",
         "sample_config": asdict(scfg),
         "data_seeds": f"volume seeds TRAIN_SEED_BASE ({TRAIN_SEED_BASE}) + stream * 1000003 + k, stream = seed*1000 + "
@@ -230,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     model.cpu().save(out, extra={"inference": inference, "training": training, "n_parameters": model.n_parameters})
     (out / "loss_curve.json").write_text(json.dumps(curve, indent=1))
     _plot(curve, out / "loss_curve.png")
-    print(f"[train] done: {step} steps in {wall:.0f} s -> {out}", flush=True)
+    mem = f", max GPU memory {training['max_gpu_memory_gib']} GiB" if cuda else ""
+    print(f"[train] done: {step} steps in {wall:.0f} s{mem} -> {out}", flush=True)
     return 0
 
 

@@ -16,7 +16,7 @@ from .model import SliceRecoveryTransformer, load_model, prepare_input
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "data" / "slice_recovery"
 
 # inference settings used when the checkpoint's config.json does not say (keys of its "inference" entry)
-DEFAULT_INFERENCE = {"tile": 32, "overlap": 8, "context": 3, "threshold_deg": 5.0, "radius": 3,
+DEFAULT_INFERENCE = {"tile": 48, "overlap": 8, "context": 2, "threshold_deg": 5.0, "radius": 3,
                      "spatial_weight": 1.0, "z_weight": 2.0}
 
 _CACHE: dict = {}

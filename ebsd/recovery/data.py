@@ -29,8 +29,8 @@ TRAIN_SEED_BASE = 10_000_000
 
 @dataclass
 class SampleConfig:
-    tile: int = 32
-    context: int = 3
+    tile: int = 48
+    context: int = 2
     gaps: tuple[int, ...] = (1, 1, 2, 3)
     volume_shape: tuple[int, int, int] = (20, 80, 80)
     grain_size: tuple[float, float] = (4.0, 18.0)

@@ -25,7 +25,7 @@ from ._common import cos_half_misorientation, symmetry_operators
 class ModelConfig:
     """Hyper-parameters of :class:`SliceRecoveryTransformer` (stored in the checkpoint's config.json)."""
 
-    d_model: int = 96
+    d_model: int = 80
     depth: int = 4
     heads: int = 4
     mlp_ratio: float = 2.0
