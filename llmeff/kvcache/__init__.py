@@ -61,7 +61,7 @@ def apply(model, policy: KVPolicy):
     ``use_cache=True`` / a ``cache=DynamicCache()``).
 
     On exit the hooks are removed and the attention implementation restored; caches filled inside the block are
-    only usable inside such a block.
+    only usable inside a block applying the same policy object.
     """
     from ._layers import ATTN_NAME, PolicyLayer, register
     from ._model import attention_modules
@@ -93,7 +93,9 @@ def apply(model, policy: KVPolicy):
                     layers.append(cache.layer_class_to_replicate())
                 layers.append(None)
             lay = layers[idx]
-            if not (isinstance(lay, PolicyLayer) and lay.ctx is ctx):
+            if isinstance(lay, PolicyLayer) and getattr(lay, "owner", None) is policy:
+                lay.ctx = ctx  # a cache filled under the same policy in an earlier block
+            else:
                 if lay is not None and lay.get_seq_length() > 0:
                     from ..errors import LLMEffValueError
 
@@ -101,6 +103,7 @@ def apply(model, policy: KVPolicy):
                         f"layer {idx} of the cache already holds {lay.get_seq_length()} tokens filled without the "
                         "policy; start from an empty cache inside the `with kvcache.apply(...)` block")
                 lay = policy.make_layer(info, ctx)
+                lay.owner = policy
                 layers[idx] = lay
             lay.set_step(position_embeddings=kwargs.get("position_embeddings"),
                          position_ids=kwargs.get("position_ids"))
