@@ -20,6 +20,7 @@ from .symmetry import Symmetry, get_symmetry
 from .misorientation import misorientation, misorientation_angle, symmetry_equivalents
 from .fundamental_zone import align_to_reference, mean_orientation, reduce_to_fundamental_zone
 from .grains import segment_grains
+from .ipf import ipf_colors, ipf_directions
 from .cubochoric import (
     CUBOCHORIC_HALF_EDGE,
     HOMOCHORIC_RADIUS,
@@ -53,6 +54,8 @@ __all__ = [
     "mean_orientation",
     "align_to_reference",
     "segment_grains",
+    "ipf_colors",
+    "ipf_directions",
     "quat_to_homochoric",
     "homochoric_to_quat",
     "quat_to_cubochoric",
