@@ -280,3 +280,10 @@ def test_written_volume_is_an_ebsdvolume(tmp_path):
     vol = random_volume((2, 3, 3))
     save_volume(vol, tmp_path / "x")
     assert isinstance(load_volume(tmp_path / "x"), EBSDVolume)
+
+
+def test_multi_slice_to_single_ang_file_is_refused(tmp_path):
+    from ebsd import EBSDValueError
+
+    with pytest.raises(EBSDValueError, match="folder"):
+        save_volume(random_volume((2, 3, 3)), tmp_path / "x.ang")

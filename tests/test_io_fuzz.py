@@ -23,6 +23,8 @@ from _io_files import random_volume, write_h5ebsd, write_oim_h5
 from ebsd import EBSDFormatError, EBSDVolume
 from ebsd.io import load_volume, save_volume
 
+pytestmark = pytest.mark.timeout(120)
+
 PER_READ_S = 5.0
 N_ANG = 130
 N_H5_STRUCT = 60

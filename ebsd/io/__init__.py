@@ -174,7 +174,12 @@ def save_volume(vol: EBSDVolume, path, overwrite: bool = False, format: str | No
     if fmt is None:
         if suf == ".dream3d":
             fmt = "dream3d"
-        elif suf == ".ang" and vol.shape[0] == 1:
+        elif suf == ".ang":
+            if vol.shape[0] != 1:
+                raise EBSDValueError(
+                    f"{path}: one .ang file holds one slice but the volume has {vol.shape[0]}; give a folder "
+                    "path (without the .ang suffix) to write one .ang per slice"
+                )
             fmt = "ang_file"
         elif suf in (".h5", ".h5ebsd", ".hdf5", ".oh5"):
             raise EBSDValueError(f"{path}: writing {suf} is not supported; save as .dream3d or an .ang folder")

@@ -206,6 +206,14 @@ def _read(f: h5py.File, path: Path, container: str | None, progress: bool) -> EB
     offset = int(meta.get("phase_id_offset", 0)) if isinstance(meta.get("phase_id_offset", 0), int) else 0
 
     zyx = (Z, Y, X)
+    # check every cell array's shape against the geometry before allocating anything
+    for key, comps in (("quats", 4), ("euler", 3), ("phases", 1), ("ci", 1), ("iq", 1), ("mask", 1)):
+        ds = _find(cell, _CELL_NAMES[key])
+        if ds is not None and tuple(ds.shape) not in ((Z, Y, X, comps),) + (((Z, Y, X),) if comps == 1 else ()):
+            raise fmt_error(
+                path, f"{ds.name} has shape {tuple(ds.shape)}, expected {(Z, Y, X, comps)} from the geometry "
+                f"DIMENSIONS {[X, Y, Z]}"
+            )
     quats = torch.empty((Z, Y, X, 4), dtype=torch.float32)
     qn = quats.numpy()
     dq = _find(cell, _CELL_NAMES["quats"])

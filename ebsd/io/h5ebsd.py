@@ -108,6 +108,12 @@ def _read(f: h5py.File, path: Path, z_spacing, progress) -> EBSDVolume:
         dz = float(zres)
     else:
         dz = dx
+    for i in index:  # data sizes must match the header before anything is allocated
+        d = f[str(i)].get("Data")
+        ds = d.get("Phi1") if isinstance(d, h5py.Group) else None
+        if not isinstance(ds, h5py.Dataset) or ds.size != nrows * ncols:
+            raise fmt_error(path, f"slice {i}: Data/Phi1 is missing or does not hold NROWS x NCOLS = "
+                            f"{nrows * ncols} values")
     quats = torch.empty((Z, nrows, ncols, 4), dtype=torch.float32)
     phases = torch.empty((Z, nrows, ncols), dtype=torch.int32)
     ci = torch.empty((Z, nrows, ncols), dtype=torch.float32)

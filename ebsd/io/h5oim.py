@@ -258,6 +258,13 @@ def _read(f, path, scan, z_spacing, progress) -> EBSDVolume:
             )
     nrows, ncols, dx, dy, phase_info = g0
     Z = len(chosen)
+    for s in chosen:  # data sizes must match the header before anything is allocated
+        d = f[s]["EBSD/Data"]
+        for k in ("Phi1", "Phi", "Phi2"):
+            if not isinstance(d.get(k), h5py.Dataset):
+                raise fmt_error(path, f"{d.name} has no {k} dataset")
+            if d[k].size != nrows * ncols:
+                raise fmt_error(path, f"{d.name}/{k} has {d[k].size} values, expected nRows x nColumns = {nrows * ncols}")
     if z_spacing is not None:
         if not (isinstance(z_spacing, (int, float)) and math.isfinite(z_spacing) and z_spacing > 0):
             raise EBSDValueError(f"z_spacing must be a positive number of micrometres, got {z_spacing!r}")
