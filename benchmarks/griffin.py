@@ -117,6 +117,7 @@ def time_decode(model, batch: int, prompt: int, new: int, mode: str, density: fl
                 return o
 
             use_graph = dev.type == "cuda"
+            graph = None
             if use_graph:
                 s = torch.cuda.Stream()
                 s.wait_stream(torch.cuda.current_stream())
@@ -124,10 +125,17 @@ def time_decode(model, batch: int, prompt: int, new: int, mode: str, density: fl
                     for _ in range(2):
                         step()
                 torch.cuda.current_stream().wait_stream(s)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    step()
-                run = graph.replay
+                try:
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph):
+                        step()
+                    run = graph.replay
+                except Exception as exc:          # report, and time the eager step instead
+                    print(f"[speed] CUDA-graph capture failed ({type(exc).__name__}: {exc}); timing eager",
+                          flush=True)
+                    graph = None
+                    torch.cuda.synchronize()
+                    run = step
             else:
                 step()
                 run = step
@@ -141,9 +149,7 @@ def time_decode(model, batch: int, prompt: int, new: int, mode: str, density: fl
                 if use_graph:
                     torch.cuda.synchronize()
                 times.append((time.perf_counter() - t0) / new * 1e3)
-        del cache
-        if use_graph:
-            del graph
+        del cache, graph
     finally:
         if handle is not None:
             handle.detach()
