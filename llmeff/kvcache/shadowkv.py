@@ -140,6 +140,7 @@ class ShadowKVLayer(PolicyLayer):
             self.v_host.copy_(vc)
         else:
             self.v_host = vc.contiguous().clone()
+        # (B, Hkv, Tc, D) contiguous = (B*Hkv*C, chunk*D) rows: one row per chunk
 
     # ---- decode -----------------------------------------------------------------------------------------
     def _select(self, q):
@@ -155,21 +156,28 @@ class ShadowKVLayer(PolicyLayer):
         s = torch.softmax(s, dim=-1).sum(2).masked_fill(self.outlier, float("-inf"))
         return s.topk(k_sel, dim=-1).indices
 
-    def _fetch(self, tok):
-        """(keys (B, Hkv, N, D) rebuilt with RoPE, values (B, Hkv, N, D) from the host copy)."""
+    def _fetch(self, top):
+        """Keys (B, Hkv, N, D) rebuilt with RoPE and values (B, Hkv, N, D) from the host copy of chunks ``top``
+        (B, Hkv, k); N = k * chunk. Values are copied as whole chunk rows (``index_select`` of contiguous rows on
+        the host, then one copy over on a side stream while the keys are rebuilt)."""
         from kernels import rope_reconstruct
 
-        B, hk, N = tok.shape
+        B, hk, k = top.shape
+        c = self.policy.chunk
+        C = self.landmarks.shape[2]
         D = self.landmarks.shape[-1]
+        tok = (top.unsqueeze(-1) * c + torch.arange(c, device=top.device)).reshape(B, hk, k * c)
         inv_freq, scaling = self.ctx.rope()
-        dev = tok.device
+        dev = top.device
+        base = (torch.arange(B * hk, device=dev) * C).view(B, hk, 1)
+        rows = (base + top).reshape(-1)  # rows of v_host viewed as (B*Hkv*C, chunk*D)
+        vh = self.v_host.view(B * hk * C, c * D)
         if self.v_host.device != dev:
-            # values: gather on the CPU, copy over on a side stream while the keys are rebuilt
-            tok_cpu = tok.to("cpu", non_blocking=False)
+            rows_cpu = rows.to("cpu")
             if self._stream is None:
                 self._stream = torch.cuda.Stream(device=dev)
-            staging = torch.empty((B, hk, N, D), dtype=self.v_host.dtype, pin_memory=True)
-            torch.gather(self.v_host, 2, tok_cpu.unsqueeze(-1).expand(B, hk, N, D), out=staging)
+            staging = torch.empty((rows_cpu.numel(), c * D), dtype=vh.dtype, pin_memory=True)
+            torch.index_select(vh, 0, rows_cpu, out=staging)
             self._stream.wait_stream(torch.cuda.current_stream(dev))
             with torch.cuda.stream(self._stream):
                 vals = staging.to(dev, non_blocking=True)
@@ -178,8 +186,8 @@ class ShadowKVLayer(PolicyLayer):
             vals.record_stream(torch.cuda.current_stream(dev))
         else:
             keys = rope_reconstruct(self.A, self.Bf, tok, self.rope_pos, inv_freq.to(dev), scaling)
-            vals = torch.gather(self.v_host, 2, tok.unsqueeze(-1).expand(B, hk, N, D))
-        return keys, vals
+            vals = vh.index_select(0, rows)
+        return tok, keys, vals.view(B, hk, k * c, D)
 
     def attend(self, module, q, mask, scaling):
         k_new, v_new = self.take_pending()
@@ -197,9 +205,7 @@ class ShadowKVLayer(PolicyLayer):
         if self.landmarks is not None:
             top = self._select(q)
             if top is not None:
-                c = self.policy.chunk
-                tok = (top.unsqueeze(-1) * c + torch.arange(c, device=q.device)).reshape(B, hk, -1)
-                ks, vs = self._fetch(tok)
+                tok, ks, vs = self._fetch(top)
                 past_k.append(ks)
                 past_v.append(vs)
                 past_pos.append(tok)
