@@ -305,6 +305,10 @@ def _parse_ang(path: Path, hex_to_square: bool) -> AngSlice:
                 "DREAM.3D's 'Convert Hexagonal Grid Data to Square Grid Data (TSL - .ang)' filter), or pass "
                 "hex_to_square=True to resample here by nearest neighbour onto a square grid of step XSTEP"
             )
+        if hdr["ncols_odd"] and hdr["ncols_even"] and hdr["nrows"]:
+            expect = (hdr["nrows"] + 1) // 2 * hdr["ncols_odd"] + hdr["nrows"] // 2 * hdr["ncols_even"]
+            if expect != n:
+                raise fmt_error(path, f"{n} data rows but the HexGrid header implies {expect} (truncated file?)")
         xstep = hdr["xstep"] or _infer_step(x)
         if not xstep or xstep <= 0:
             raise fmt_error(path, "HexGrid without a usable XSTEP; cannot resample")

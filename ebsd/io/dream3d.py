@@ -388,7 +388,6 @@ def write_dream3d(vol: EBSDVolume, path, overwrite: bool = False, container: str
                                                  "Version": 6}})
             pipe.create_dataset("Pipeline", data=pj, dtype=h5py.string_dtype("ascii"))
             dc = f.create_group(f"DataContainers/{container}")
-            dc.attrs.create("DataContainerType", np.array([0], dtype=np.uint32))
             geom = dc.create_group("_SIMPL_GEOMETRY")
             geom.create_dataset("DIMENSIONS", data=np.array([X, Y, Z], dtype=np.int64))
             geom.create_dataset("ORIGIN", data=np.array(vol.origin[::-1], dtype=np.float32))
@@ -430,8 +429,9 @@ def write_dream3d(vol: EBSDVolume, path, overwrite: bool = False, container: str
             _array_attrs(d, "DataArray<uint32_t>", (1,), (nens,))
             d = ens.create_dataset("LatticeConstants", data=lat)
             _array_attrs(d, "DataArray<float>", (6,), (nens,))
-            d = ens.create_dataset("MaterialName", data=np.array(names, dtype=object),
-                                   dtype=h5py.string_dtype("utf-8"))
+            # variable-length ASCII strings, as DREAM.3D's StringDataArray (exact names go to /EBSDTK/Metadata)
+            d = ens.create_dataset("MaterialName", data=[n.encode("ascii", errors="replace") for n in names],
+                                   dtype=h5py.string_dtype("ascii"))
             _array_attrs(d, "StringDataArray", (1,), (nens,))
             g = f.create_group("EBSDTK")
             g.create_dataset("Metadata", data=json.dumps(meta), dtype=h5py.string_dtype("utf-8"))
