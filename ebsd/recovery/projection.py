@@ -1,8 +1,7 @@
 """The projection step: snap each voxel of a missing slice to a grain of the adjacent known slices.
 
 Grains of the known slice just below and just above the gap are found by misorientation segmentation
-(:func:`ebsd.orientation.segment_grains`); each grain gets its mean orientation
-(:func:`ebsd.orientation.mean_orientation`). For a voxel ``(y, x)`` of a missing slice, the candidates are
+(:func:`ebsd.orientation.segment_grains`); each grain gets its mean orientation (:func:`grain_means`). For a voxel ``(y, x)`` of a missing slice, the candidates are
 the grains found within ``radius`` voxels of ``(y, x)`` in either adjacent slice; each is scored by
 
     cost = misorientation(guess(y, x), grain mean) [deg]
@@ -18,19 +17,37 @@ from dataclasses import dataclass
 
 import torch
 
-from ..orientation import mean_orientation, segment_grains
+from ..orientation import align_to_reference, reduce_to_fundamental_zone, segment_grains
 from ._common import misorientation_deg
 
 
 @dataclass
 class NeighbourGrains:
     """Grains of the adjacent known slices. ``labels``: ``(S, Y, X)`` long, index into ``means`` or -1
-    (unindexed); ``means``: ``(K, 4)`` mean orientations; ``offsets``: ``(S,)`` float, position of each
+    (unindexed); ``means``: ``(K, 4)`` mean orientations; ``positions``: ``(S,)`` float, position of each
     adjacent slice in the gap coordinate (0 below, 1 above)."""
 
     labels: torch.Tensor
     means: torch.Tensor
     positions: torch.Tensor
+
+
+def grain_means(q: torch.Tensor, labels: torch.Tensor, n: int, symmetry: str, n_iter: int = 2) -> torch.Tensor:
+    """Mean orientation ``(n, 4)`` of each grain ``0..n-1`` of ``labels`` (``-1``: ignored) in the map
+    ``q`` (``labels.shape + (4,)``): :func:`ebsd.orientation.mean_orientation` for all grains at once
+    (each voxel moved to its equivalent closest to its grain's current mean, summed per grain, normalised;
+    the first reference is the grain's first voxel)."""
+    lab = labels.reshape(-1)
+    keep = lab >= 0
+    lab, qv = lab[keep], q.reshape(-1, 4)[keep]
+    first = torch.full((n,), lab.numel(), dtype=torch.long, device=q.device)
+    first.scatter_reduce_(0, lab, torch.arange(lab.numel(), device=q.device), reduce="amin")
+    ref = qv[first]
+    for _ in range(n_iter):
+        aligned = align_to_reference(qv, ref[lab], symmetry)
+        s = torch.zeros(n, 4, dtype=q.dtype, device=q.device).index_add_(0, lab, aligned)
+        ref = s / s.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return reduce_to_fundamental_zone(ref, symmetry)
 
 
 def neighbour_grains(slices: list[tuple[torch.Tensor, torch.Tensor | None, float]], symmetry: str,
@@ -44,16 +61,12 @@ def neighbour_grains(slices: list[tuple[torch.Tensor, torch.Tensor | None, float
             valid = torch.ones(q.shape[:2], dtype=torch.bool, device=q.device)
         lab, n = segment_grains(q, symmetry, threshold_deg, valid=valid)  # 0..n-1, -1 where invalid
         lab = lab.long()
-        order = torch.argsort(lab.flatten(), stable=True)
-        counts = torch.bincount(lab.flatten().clamp_min(-1) + 1, minlength=n + 1).tolist()
-        members = torch.split(order, counts)[1:]  # voxel indices of grain 0, 1, ...
-        qf = q.reshape(-1, 4)
-        means.extend(mean_orientation(qf[m], symmetry).reshape(4).to(q.dtype) for m in members)
+        means.append(grain_means(q, lab, n, symmetry))
         all_labels.append(torch.where(lab >= 0, lab + offset, lab))
         offset += n
         positions.append(pos)
     dev = slices[0][0].device
-    M = torch.stack(means) if means else torch.zeros(0, 4, device=dev)
+    M = torch.cat(means) if means else torch.zeros(0, 4, device=dev)
     return NeighbourGrains(torch.stack(all_labels), M, torch.tensor(positions, dtype=torch.float32, device=dev))
 
 
@@ -78,26 +91,23 @@ def project(guess: torch.Tensor, positions, grains: NeighbourGrains, symmetry: s
     G, Y, X, _ = guess.shape
     means = grains.means.to(guess)
     pos = torch.as_tensor(positions, dtype=torch.float32, device=guess.device).reshape(G)
-    best_cost = torch.full((G, Y, X), float("inf"), device=guess.device)
     best = torch.full((G, Y, X), -1, dtype=torch.long, device=guess.device)
     if len(means) == 0:
         return guess.clone(), best
     offs = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)
             if dy * dy + dx * dx <= radius * radius]
-    offs.sort(key=lambda o: o[0] ** 2 + o[1] ** 2)
-    for s in range(grains.labels.shape[0]):
-        zpen = z_weight * (pos - grains.positions[s].to(pos)).abs()  # (G,)
-        for dy, dx in offs:
-            cand = _shift(grains.labels[s], dy, dx)  # (Y, X)
-            ok = cand >= 0
-            if not bool(ok.any()):
-                continue
-            m = means[cand.clamp_min(0)]  # (Y, X, 4)
-            cost = misorientation_deg(guess, m.unsqueeze(0), symmetry)  # (G, Y, X)
-            cost = cost + spatial_weight * (dy * dy + dx * dx) ** 0.5 + zpen[:, None, None]
-            cost = torch.where(ok.unsqueeze(0), cost, torch.full_like(cost, float("inf")))
-            better = cost < best_cost
-            best_cost = torch.where(better, cost, best_cost)
-            best = torch.where(better, cand.unsqueeze(0).expand_as(best), best)
+    S = grains.labels.shape[0]
+    # all candidates at once: (K = S * len(offs), Y, X) grain indices, their in-plane and z penalties
+    cand = torch.stack([_shift(grains.labels[s], dy, dx) for s in range(S) for dy, dx in offs])
+    dist = torch.tensor([(dy * dy + dx * dx) ** 0.5 for _ in range(S) for dy, dx in offs], device=guess.device)
+    zpos = grains.positions.to(pos).repeat_interleave(len(offs))  # (K,)
+    ok = cand >= 0
+    m = means[cand.clamp_min(0)]  # (K, Y, X, 4)
+    for g in range(G):  # one missing slice at a time keeps memory at K * Y * X
+        cost = misorientation_deg(guess[g].unsqueeze(0), m, symmetry)  # (K, Y, X)
+        cost = cost + (spatial_weight * dist + z_weight * (pos[g] - zpos).abs())[:, None, None]
+        cost = torch.where(ok, cost, torch.full_like(cost, float("inf")))
+        k = cost.argmin(0)  # (Y, X)
+        best[g] = torch.gather(cand, 0, k[None]).squeeze(0)
     out = torch.where((best >= 0).unsqueeze(-1), means[best.clamp_min(0)], guess)
     return out, best
