@@ -37,8 +37,8 @@ Acquisition
     Image quality (IQ, TSL-like units, about 2000-3000 inside grains) drops by up to 50 % near in-plane
     grain boundaries, varies per grain (+-12 %) and per slice (+-3 %), and falls with the noise level.
     Confidence index (CI) is about 0.9 inside grains, lower at boundaries and at voxels with a large noise
-    rotation. ``unindexed_fraction`` of the voxels (drawn with 4x the weight at grain boundaries, as in
-    real scans) get CI < 0.05, low IQ, a random (mis-indexed) orientation, phase 0 and ``valid = False``.
+    rotation. CI is rounded to 3 decimals and IQ to 1, as in EDAX/TSL ``.ang`` files. ``unindexed_fraction`` of the voxels (drawn with 4x the weight at grain boundaries, as in
+    real scans) get CI <= 0.05, low IQ, a random (mis-indexed) orientation, phase 0 and ``valid = False``.
     ``misaligned_slice = (z, (dy, dx))`` re-samples slice ``z`` from the structure shifted by whole
     pixels (content moves by ``+dy, +dx``; no wrap-around: the structure outside the box is real).
     ``missing_slices``: voxels get CI 0, IQ 0, the identity quaternion, phase 0, ``valid = False``.
@@ -502,7 +502,7 @@ def synthetic_volume(
         texture: ``None`` (uniform), ``("cube", spread_deg)``, ``("goss", spread_deg)``,
             ``("euler", (phi1, Phi, phi2), spread_deg)``, ``("fiber", crystal_dir, spread_deg[, sample_dir])``.
         noise_deg: mean misorientation (degrees) of the per-voxel orientation noise.
-        unindexed_fraction: fraction of voxels made unindexed (CI < 0.05, invalid).
+        unindexed_fraction: fraction of voxels made unindexed (CI <= 0.05, invalid).
         misaligned_slice: ``(z, (dy, dx))``: slice ``z`` acquired shifted by whole pixels.
         missing_slices: z indices blanked (CI 0, IQ 0, identity quaternion, phase 0, invalid).
         damaged_slices: z indices degraded (extra 8 deg noise, 25 % unindexed, low CI/IQ; the rest valid).
@@ -645,8 +645,9 @@ def synthetic_volume(
         for z in damaged:
             iq[z] *= 0.35
             ci[z] *= 0.3
-    ci = np.clip(ci, 0.0, 1.0)
-    iq = np.maximum(iq, 0.0)
+    # as EDAX/TSL .ang files store them: CI with 3 decimals, IQ with 1
+    ci = np.round(np.clip(ci, 0.0, 1.0), 3)
+    iq = np.round(np.maximum(iq, 0.0), 1)
 
     # ---- missing slices
     for z in missing:
