@@ -16,6 +16,7 @@ from .threshold import threshold, threshold_residual
 from .tucker import mode_product, multi_mode_product, tucker_to_tensor, unfold, fold
 from .rope_reconstruct import rope_reconstruct
 from .rpca_fused import residual_contract
+from .misorientation import misorientation_angle
 
 __all__ = [
     "KernelBackendError",
@@ -30,4 +31,5 @@ __all__ = [
     "fold",
     "rope_reconstruct",
     "residual_contract",
+    "misorientation_angle",
 ]
