@@ -92,10 +92,6 @@ def main(argv=None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ckpt = args.checkpoint
     net = load_model(ckpt, device=device) if ckpt else "default"
-    if ckpt:
-        import json
-
-        net.inference_settings = json.loads((Path(ckpt) / "config.json").read_text()).get("inference", {})
 
     methods = {
         "nearest slice": BASELINES["nearest"],
@@ -142,8 +138,6 @@ def main(argv=None) -> int:
         devs = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         for dev in devs:
             m = load_model(ckpt, device=dev) if ckpt else "default"
-            if ckpt:
-                m.inference_settings = net.inference_settings
             v = tv.to(dev)
             t = time_call(lambda: recover_missing_slices(v, [4], model=m, device=dev, progress=False),
                           warmup=1, repeat=3 if dev == "cpu" else 10)

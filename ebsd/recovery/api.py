@@ -1,7 +1,6 @@
 """``recover_missing_slices``: the transformer + projection pipeline on a whole volume."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -32,14 +31,11 @@ def _resolve_model(model, device) -> tuple[SliceRecoveryTransformer, dict]:
         path = Path(os.environ.get("EBSDTK_RECOVERY_MODEL", DEFAULT_CHECKPOINT))
     else:
         path = Path(model)
-    key = (str(path.resolve()), str(device))
+    weights = path / "model.safetensors" if path.is_dir() else path
+    key = (str(weights.resolve()), weights.stat().st_mtime_ns if weights.is_file() else None, str(device))
     if key not in _CACHE:
         net = load_model(path, device=device)
-        cfg_path = (path if path.is_dir() else path.parent) / "config.json"
-        cfg = json.loads(cfg_path.read_text())
-        settings = dict(DEFAULT_INFERENCE, **cfg.get("inference", {}))
-        net.inference_settings = settings
-        _CACHE[key] = (net, settings)
+        _CACHE[key] = (net, dict(DEFAULT_INFERENCE, **net.inference_settings))
     return _CACHE[key]
 
 

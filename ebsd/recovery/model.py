@@ -83,6 +83,7 @@ class SliceRecoveryTransformer(nn.Module):
         super().__init__()
         cfg = config or ModelConfig(**kwargs)
         self.config = cfg
+        self.inference_settings: dict = {}  # overrides of ebsd.recovery.api.DEFAULT_INFERENCE
         d = cfg.d_model
         if d % cfg.heads:
             raise ValueError(f"d_model={d} must be divisible by heads={cfg.heads}")
@@ -132,7 +133,8 @@ class SliceRecoveryTransformer(nn.Module):
 def load_model(path: str | Path, device=None) -> SliceRecoveryTransformer:
     """Load a checkpoint: a directory holding ``model.safetensors`` + ``config.json``, or the
     ``.safetensors`` file itself (its ``config.json`` beside it). No network access. Returns the model in
-    eval mode on ``device`` (CPU by default)."""
+    eval mode on ``device`` (CPU by default), with the checkpoint's inference settings (tile, overlap,
+    context, projection parameters) as ``model.inference_settings``."""
     from safetensors.torch import load_file
 
     from ..errors import EBSDValueError
@@ -148,6 +150,7 @@ def load_model(path: str | Path, device=None) -> SliceRecoveryTransformer:
     cfg = json.loads(config.read_text())
     model = SliceRecoveryTransformer(ModelConfig(**cfg["model"]))
     model.load_state_dict(load_file(str(weights)))
+    model.inference_settings = dict(cfg.get("inference", {}))
     model.eval()
     return model.to(device) if device is not None else model
 
