@@ -207,8 +207,13 @@ def big_model(layers: int, dev, dtype=torch.bfloat16, small=False):
                           rope_parameters={"rope_type": "default", "rope_theta": 500000.0})
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
-    with torch.device(dev):
-        m = LlamaForCausalLM(cfg).to(dtype)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # build the weights in their final dtype, on the device
+    try:
+        with torch.device(dev):
+            m = LlamaForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(old)
     return m.eval()
 
 
@@ -331,9 +336,15 @@ def _replicate(cache, B, name):
     c = copy.copy(cache)
     c.layers = [copy.copy(lay) for lay in cache.layers]
     for lay in c.layers:
+        vh = getattr(lay, "v_host", None)
+        if vh is not None:
+            lay.v_host = None
         lay.batch_repeat_interleave(B)
-        if name == "shadowkv" and getattr(lay, "v_host", None) is not None and torch.cuda.is_available():
-            lay.v_host = lay.v_host.pin_memory()
+        if vh is not None:  # offloaded values: straight into (pinned) host memory, no pageable copy in between
+            big = torch.empty((B, *vh.shape[1:]), dtype=vh.dtype, device=vh.device,
+                              pin_memory=vh.device.type == "cpu" and torch.cuda.is_available())
+            big.copy_(vh.expand(B, *vh.shape[1:]))
+            lay.v_host = big
     return c
 
 
@@ -362,7 +373,7 @@ def build_parser():
     ap.add_argument("--steps", type=int, default=10, help="timed decode steps")
     ap.add_argument("--max-batch", type=int, default=256)
     ap.add_argument("--reserve-gib", type=float, default=6.0)
-    ap.add_argument("--host-gib", type=float, default=80.0, help="host memory ShadowKV may use for values")
+    ap.add_argument("--host-gib", type=float, default=48.0, help="host memory ShadowKV may use for values")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="tiny, seconds, CPU: both parts on random models")
     return ap
