@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ._util import as_quat as _q
 from .conversions import _as_float, positive_hemisphere
 
 __all__ = [
@@ -23,15 +24,6 @@ __all__ = [
     "matrix_to_quat",
     "quat_angle",
 ]
-
-
-def _q(x) -> torch.Tensor:
-    x = _as_float(torch.as_tensor(x))
-    if x.shape[-1:] != (4,):
-        from ..errors import EBSDValueError
-
-        raise EBSDValueError(f"quaternions need a last dimension of 4, got shape {tuple(x.shape)}")
-    return x
 
 
 def quat_multiply(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
