@@ -92,3 +92,16 @@ def test_parse_slices():
     assert parse_slices("3-5, 9") == [3, 4, 5, 9]
     with pytest.raises(EBSDValueError):
         parse_slices("a,b")
+
+
+def test_cli_recover_ang_folder(tmp_path, vol):
+    from ebsd.io import load_volume, save_volume
+
+    ck = tmp_path / "ck"
+    tiny_model().save(ck, extra={"inference": {"tile": 16, "overlap": 4, "context": 2}})
+    src = save_volume(vol, tmp_path / "slices")  # a folder of .ang files
+    out = tmp_path / "out.dream3d"
+    assert cli_main(["recover", str(src), "--missing", "5-6", "--out", str(out), "--model", str(ck), "--quiet"]) == 0
+    back = load_volume(out)
+    assert back.shape == vol.shape
+    assert back.metadata["recovered_slices"] == [5, 6]
