@@ -49,7 +49,7 @@ from llmeff.kvcache import H2O, LESS, FullCache, ShadowKV, StreamingLLM  # noqa:
 
 
 # ---- quality ---------------------------------------------------------------------------------------------------
-def decode_losses(model, policy, ids, prefill, need_hits=None):
+def decode_losses(model, policy, ids, prefill):
     """Prefill ``ids[:, :prefill]`` then feed the rest one token at a time; returns (nll per decoded token (B, n),
     argmax hits (B, n), cache device/host bytes after the last step)."""
     from transformers import DynamicCache

@@ -121,8 +121,9 @@ def test_h2o_keeps_heavy_hitters():
         lay = cache.layers[0]
         kept = lay.pos[0, 0].tolist()
         assert len(kept) == 12 and all(p in kept for p in range(44, 48))
-        # the kept non-recent tokens are the 8 of largest accumulated attention among positions < 44
-        from llmeff.kvcache.train_less import capture_attention
+    # the kept non-recent tokens are the 8 of largest accumulated attention among positions < 44
+    from llmeff.kvcache.train_less import capture_attention
+
     with torch.no_grad(), capture_attention(m) as rec:
         m(input_ids=ids, use_cache=False)
     _, q, k, v, _, s = rec[0]
@@ -169,8 +170,6 @@ def test_less_decode_matches_parallel_training_form(base):
     par = less_attention(q, k, v, keep_masks(base, lg, hk), less.maps[0], s)  # (1, H, T, D)
     # decode token by token; layer 0's inputs do not depend on the cache policy
     outs = []
-    from llmeff.kvcache._layers import kv_attention
-
     with torch.no_grad(), kvcache.apply(m, less):
         cache = DynamicCache(config=m.config)
         att = m.model.layers[0].self_attn

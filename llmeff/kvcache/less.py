@@ -17,7 +17,6 @@ Saved format: a folder with ``less_maps.safetensors`` (``layers.<i>.<param>``) a
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
