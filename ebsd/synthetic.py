@@ -225,7 +225,11 @@ def _small_rotations(n: int, mean_deg: float, rng: np.random.Generator, dtype=np
     """``(n, 3)`` isotropic Gaussian rotation vectors whose mean angle is ``mean_deg`` (Maxwell: the mean
     of |w| for w ~ N(0, s^2 I_3) is 2 s sqrt(2/pi))."""
     s = math.radians(mean_deg) / (2.0 * math.sqrt(2.0 / math.pi))
-    return (rng.standard_normal((n, 3)) * s).astype(dtype)
+    if dtype == np.float32:
+        w = rng.standard_normal((n, 3), dtype=np.float32)
+        w *= np.float32(s)
+        return w
+    return rng.standard_normal((n, 3)) * s
 
 
 def _euler_deg_to_quat(e) -> np.ndarray:
@@ -591,17 +595,18 @@ def synthetic_volume(
         parent_of_twin[int(g)] = int(p)
 
     # ---- orientation field
-    q_clean = gq[gid].astype(np.float64)  # (Z, Y, X, 4)
-    q_obs = gq[gid_obs].astype(np.float64) if gid_obs is not gid else q_clean.copy()
+    gq32 = gq.astype(np.float32)
+    q_clean = gq32[gid]  # (Z, Y, X, 4) float32
+    q_obs = gq32[gid_obs] if gid_obs is not gid else q_clean.copy()
     nvox = Z * Y * X
-    noise_ang = np.zeros(shape, dtype=np.float64)
+    noise_ang = np.zeros(shape, dtype=np.float32)
     if noise_deg > 0:
-        w = _small_rotations(nvox, noise_deg, r_noise).reshape(shape + (3,))
+        w = _small_rotations(nvox, noise_deg, r_noise, np.float32).reshape(shape + (3,))
         noise_ang = np.degrees(np.linalg.norm(w, axis=-1))
         q_obs = _qmul(_rotvec_to_quat(w), q_obs)
     dmg_w = None
     if damaged:
-        dmg_w = _small_rotations(len(damaged) * Y * X, 8.0, r_damage).reshape((len(damaged), Y, X, 3))
+        dmg_w = _small_rotations(len(damaged) * Y * X, 8.0, r_damage, np.float32).reshape((len(damaged), Y, X, 3))
         q_obs[damaged] = _qmul(_rotvec_to_quat(dmg_w), q_obs[damaged])
         noise_ang[damaged] = np.degrees(
             2 * np.arccos(np.clip(np.abs(np.sum(q_obs[damaged] * q_clean[damaged], -1)), 0, 1)))
@@ -662,7 +667,8 @@ def synthetic_volume(
         gid_obs_out[z] = -1
 
     q_obs = _positive(q_obs)
-    q_obs /= np.linalg.norm(q_obs, axis=-1, keepdims=True)
+    if noise_deg > 0 or damaged:  # rotated in float32: renormalise (untouched voxels stay bit-exact)
+        q_obs /= np.linalg.norm(q_obs, axis=-1, keepdims=True)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     name, lattice = LAUE_CLASSES[sym]
     params = dict(
