@@ -123,15 +123,17 @@ class SyntheticTruth:
         grain_quaternions: ``(G, 4)`` float32 orientation of each grain (unit, scalar first, ``a >= 0``).
         clean_quaternions: ``(Z, Y, X, 4)`` float32 ``grain_quaternions[grain_ids]``: the field before
             noise, misalignment and damage.
-        parent_of_twin: ``{twin grain id: parent grain id}``.
-        parent_ids: ``(G,)`` int64, the parent grain of each grain (itself when not a twin).
+        parent_of_twin: ``{twin grain id: parent grain id}``; ``-1`` when the lamella is in the volume but
+            its parent's matrix is not (cut by a face).
+        parent_ids: ``(G,)`` int64, the parent grain of each grain (itself when not a twin, ``-1`` as above).
         is_twin: ``(G,)`` bool.
         boundary_mask: ``(Z, Y, X)`` bool, True where a 6-neighbour belongs to another grain.
         twin_boundary_mask: ``(Z, Y, X)`` bool, the part of ``boundary_mask`` between a twin and its parent
             (or two lamellae of one parent).
         grain_volumes: ``(G,)`` int64 voxel count of each grain in the volume.
         grain_esd: ``(G,)`` float32 equivalent-sphere diameter (voxels) from ``grain_volumes``.
-        touches_border: ``(G,)`` bool, grain cut by a face of the volume.
+        touches_border: ``(G,)`` bool, grain cut by a face of the volume (for a 2-D section, ``Z = 1``,
+            by an edge of the section).
         unindexed_mask: ``(Z, Y, X)`` bool voxels made unindexed (CI low, invalid).
         missing_slices: z indices blanked.
         damaged_slices: z indices degraded (still marked valid).
@@ -495,7 +497,9 @@ def synthetic_volume(
     """A seeded synthetic EBSD volume (see the module docstring for the model).
 
     Args:
-        shape: ``(Z, Y, X)`` voxels (``(Y, X)`` or ``Z = 1`` gives a 2-D section of a 3-D structure).
+        shape: ``(Z, Y, X)`` voxels (``(Y, X)`` or ``Z = 1`` gives a 2-D section of a 3-D structure, whose
+            mean equivalent-circle diameter is smaller than ``mean_grain_size``, about 0.75x, as in real
+            sections).
         mean_grain_size: mean equivalent-sphere diameter of the grains (parents, before twinning), voxels.
         symmetry: Laue class of the phase (``"m-3m"``, ``"6/mmm"``, ``"4/mmm"``, ...; proper point-group
             names such as ``"432"`` are accepted and stored as their Laue class).
@@ -565,7 +569,11 @@ def synthetic_volume(
 
     # ---- structure and labels
     st = _Structure(shape, D, float(size_spread), elong, twin_prob, r_struct, r_twin, r_orient, texture)
-    lab_true = st.labels(_grid_points(shape)).reshape(shape)
+    lab_true = np.empty(shape, dtype=np.int64)
+    step = max(1, (1 << 20) // (Y * X))  # z-slabs of about 1M voxels: no whole-volume coordinate arrays
+    for z0 in range(0, Z, step):
+        z1 = min(Z, z0 + step)
+        lab_true[z0:z1] = st.labels(_grid_points((z1 - z0, Y, X), np.arange(z0, z1))).reshape(z1 - z0, Y, X)
     lab_obs = lab_true
     if mis is not None and mis[1] != (0, 0):
         lab_obs = lab_true.copy()
@@ -699,6 +707,8 @@ def synthetic_volume(
     esd = (6.0 * counts / math.pi) ** (1.0 / 3.0)
     border = np.zeros(len(used), dtype=bool)
     for ax in range(3):
+        if shape[ax] == 1:  # a 2-D section: only its in-plane edges count
+            continue
         for end in (0, -1):
             border[np.unique(np.take(gid, [end], axis=ax))] = True
     bnd3 = _boundary_3d(gid)

@@ -272,6 +272,12 @@ def test_2d_sections():
     assert truth.n_grains > 10
     vol2 = synthetic_volume((1, 48, 48), 8.0, "6/mmm", seed=2, noise_deg=1.0)
     assert vol2.equals(vol)
+    # a section through the 3-D structure: mean equivalent-circle diameter about 0.75 x the 3-D ESD
+    _, t = synthetic_volume((240, 240), 8.0, seed=4, return_truth=True)
+    inner = ~t.touches_border.numpy()
+    assert inner.sum() > 300
+    ecd = np.sqrt(4 * t.grain_volumes.numpy()[inner] / math.pi).mean()
+    assert 0.6 < ecd / 8.0 < 0.9, ecd
 
 
 def test_textures():
