@@ -153,10 +153,10 @@ def main(argv=None) -> int:
         outs = {"nearest": nearest_upsample(lr, scale), "bicubic (channels)": bicubic_upsample(lr, scale)}
         res = model.super_resolve(lr, pl, scale=scale, n_samples=max(scal_ns + [args.n_samples]), **common)
         for n in scal_ns:  # the first n samples of the same batch (same seed): nested subsets
-            sub = _recombine(res, n)
+            sub = _recombine(res, n, lr, scale)
             scal[n]["mis"].append(mean_mis_deg(sub, q))
             scal[n]["f1"].append(boundary_f1(boundary_map(sub).numpy(), tb))
-        outs["ours"] = _recombine(res, args.n_samples)
+        outs["ours"] = _recombine(res, args.n_samples, lr, scale)
         for k, v in outs.items():
             sr[k]["mis"].append(mean_mis_deg(v, q))
             sr[k]["f1"].append(boundary_f1(boundary_map(v).numpy(), tb))
@@ -216,13 +216,12 @@ def main(argv=None) -> int:
     return 0
 
 
-def _recombine(res, n: int) -> torch.Tensor:
-    """Combined estimate from the first ``n`` samples of a result (the model's default combination)."""
-    from diffusion.data import EBSD_CHANNELS, channels_to_quat
-    from diffusion.model import combine_samples
+def _recombine(res, n: int, lr: torch.Tensor, scale: int) -> torch.Tensor:
+    """The model's default output (combination + projection) from the first ``n`` samples of a result."""
+    from diffusion.model import combine_samples, snap_to_lowres
 
     est, _ = combine_samples(res.samples[:n], res.scores[:n])
-    return channels_to_quat(est[:EBSD_CHANNELS])
+    return snap_to_lowres(est, lr, scale)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,11 @@ Inference-time scaling: ``n_samples`` posterior samples are drawn in parallel (o
 by measurement consistency (RMS residual / sigma of every measurement plus the physics check: PL predicted
 from the sampled EBSD vs the observed PL) and either the best (``combine="best"``) or the mean of the
 better half (``combine="mean"``, channel space, then decoded) is returned.
+
+Projection (super-resolution, ``project=True``): the combined sample decides where the boundaries run; each
+output pixel then takes the closest (in channel space) of the nearby measured low-resolution orientations
+(:func:`snap_to_lowres`), as the projection step of slice recovery does, so orientations inside grains are
+the measured ones.
 """
 from __future__ import annotations
 
@@ -294,7 +299,8 @@ class MultimodalDiffusion:
     def super_resolve(self, ebsd_low_res, pl, scale: int = 4, n_samples: int = 4, seed=0, steps: int = 50,
                       pl_sigma: float | None = None, ebsd_sigma: float = 0.02, guide_sigma: float | None = 0.3,
                       max_shift: float = 2.0, max_rotation: float = 2.0, combine: str = "mean",
-                      method: str = "dds", progress: bool = False, **kw) -> EnhanceResult:
+                      method: str = "dds", project: bool = True, pl_mode: str = "prox", progress: bool = False,
+                      **kw) -> EnhanceResult:
         """EBSD super-resolution with PL.
 
         Args:
@@ -308,6 +314,10 @@ class MultimodalDiffusion:
                 with this sigma (helps the sampler spread the sparse EBSD points over grains).
             max_shift, max_rotation: misregistration search range (pixels, degrees); 0 disables.
             combine: ``"mean"`` (average of the better half) or ``"best"``.
+            pl_mode: how the PL enters the sampler: ``"prox"`` (proximal data consistency) or ``"replace"``
+                (noise-level-matched replacement, :mod:`diffusion.posterior`).
+            project: snap every pixel to the closest nearby measured orientation (:func:`snap_to_lowres`);
+                ``False`` returns the decoded sampled channels.
 
         Returns:
             :class:`EnhanceResult` with ``.quaternions (H, W, 4)``.
@@ -334,20 +344,26 @@ class MultimodalDiffusion:
         pl_op = Warp((reg["dy"], reg["dx"]), math.radians(reg["angle_deg"]), channels=pl_chans) \
             if any(reg[k] for k in reg) else Identity(pl_chans)
         meas = [Measurement(Subsample(scale, channels=slice(0, E)), lr, ebsd_sigma),
-                Measurement(pl_op, pm[None], s_pl)]
+                Measurement(pl_op, pm[None], s_pl, pl_mode if isinstance(pl_op, Identity) else "prox")]
         guide = [Measurement(Identity(slice(0, E)), up, guide_sigma)] if guide_sigma else []
         x = sample(self.unet, self.alphas_cumprod, (n_samples, C, H, W), meas + guide, steps=steps,
                    generator=self._gen(seed), method=method, device=self.device, progress=progress, **kw).cpu()
-        return self._finish(x, meas, (pl_op, pm[None], s_pl), combine, None, t0, reg, is_np)
+        res = self._finish(x, meas, (pl_op, pm[None], s_pl), combine, None, t0, reg, False)
+        if project:
+            res.quaternions = snap_to_lowres(x[res.chosen].mean(0), ql, scale)
+        if is_np:
+            res.quaternions, res.pl = res.quaternions.numpy(), res.pl.numpy()
+        return res
 
     def denoise_pl(self, pl_noisy, ebsd_sparse=None, n_samples: int = 4, seed=0, steps: int = 50,
                    pl_sigma: float | None = None, ebsd_sigma: float = 0.02, method: str = "dds",
-                   progress: bool = False, **kw):
+                   pl_mode: str = "replace", progress: bool = False, **kw):
         """Denoise a PL stack ``(n_angles, H, W)`` (intensities), optionally helped by sparse EBSD.
 
         Args:
             ebsd_sparse: ``None``, or ``(H, W, 4)`` quaternions with NaN where not measured.
             pl_sigma: noise level (intensity units); ``None`` estimates it.
+            pl_mode: ``"replace"`` (default; noise-level-matched replacement) or ``"prox"``.
 
         Returns:
             ``(n_angles, H, W)`` float32 denoised PL (average of the posterior samples; numpy in, numpy out).
@@ -359,7 +375,7 @@ class MultimodalDiffusion:
         E, C = EBSD_CHANNELS, self.config.channels
         t0 = time.perf_counter()
         s_pl = max(2 * (pl_sigma if pl_sigma is not None else estimate_noise_sigma(p)), 0.01)
-        meas = [Measurement(Identity(list(range(E, C))), pl_to_model(p)[None], s_pl)]
+        meas = [Measurement(Identity(list(range(E, C))), pl_to_model(p)[None], s_pl, pl_mode)]
         if ebsd_sparse is not None:
             qs = self._quats_in(ebsd_sparse, "ebsd_sparse")
             known = torch.isfinite(qs).all(-1)
@@ -374,10 +390,11 @@ class MultimodalDiffusion:
 
     def grain_boundaries(self, pl, ebsd_low_res=None, scale: int = 4, threshold_deg: float = 5.0,
                          n_samples: int = 4, seed=0, steps: int = 50, **kw):
-        """Boundary map ``(H, W)`` bool from the sampled EBSD: a pixel is on a boundary when its
-        misorientation to the right or lower neighbour exceeds ``threshold_deg``, averaged over the samples
-        (boundary probability >= 0.5). With ``ebsd_low_res`` the samples come from :meth:`super_resolve`;
-        without, from the PL alone (the EBSD channels are then unobserved)."""
+        """Boundary map ``(H, W)`` bool from the sampled EBSD, averaged over the samples (boundary
+        probability >= 0.5). With ``ebsd_low_res`` the samples come from :meth:`super_resolve` and a pixel is
+        on a boundary when its misorientation to the right or lower neighbour exceeds ``threshold_deg``.
+        Without, they come from the PL alone (noise-level-matched replacement), which cannot see rotations
+        about the c-axis, so the criterion is the angle between the (headless) c-axes of neighbours."""
         is_np = isinstance(pl, np.ndarray)
         if ebsd_low_res is not None:
             res = self.super_resolve(ebsd_low_res, pl, scale=scale, n_samples=n_samples, seed=seed, steps=steps,
@@ -386,16 +403,48 @@ class MultimodalDiffusion:
             p = self._pl_in(pl)
             E, C = EBSD_CHANNELS, self.config.channels
             s_pl = max(2 * estimate_noise_sigma(p), 0.02)
-            meas = [Measurement(Identity(list(range(E, C))), pl_to_model(p)[None], s_pl)]
+            meas = [Measurement(Identity(list(range(E, C))), pl_to_model(p)[None], s_pl, "replace")]
             t0 = time.perf_counter()
             x = sample(self.unet, self.alphas_cumprod, (n_samples, C, *p.shape[1:]), meas, steps=steps,
                        generator=self._gen(seed), device=self.device, **kw).cpu()
             res = self._finish(x, meas, None, "mean", n_samples, t0, {"dy": 0.0, "dx": 0.0, "angle_deg": 0.0}, False)
         self.last_result = res
-        probs = torch.stack([boundary_map(channels_to_quat(s[:EBSD_CHANNELS]), threshold_deg, self.config.symmetry)
-                             for s in res.samples[res.chosen]]).float().mean(0)
+        if ebsd_low_res is not None:
+            maps = [boundary_map(channels_to_quat(s[:EBSD_CHANNELS]), threshold_deg, self.config.symmetry)
+                    for s in res.samples[res.chosen]]
+        else:
+            maps = [caxis_boundary_map(s, threshold_deg) for s in res.samples[res.chosen]]
+        probs = torch.stack(maps).float().mean(0)
         b = probs >= 0.5
         return b.numpy() if is_np else b
+
+
+def snap_to_lowres(channels: torch.Tensor, lr_quats: torch.Tensor, scale: int, radius: int = 1) -> torch.Tensor:
+    """Projection onto the measured orientations: every output pixel takes the low-resolution measurement,
+    among the ``(2 radius + 1)^2`` nearest on the coarse grid, whose EBSD channels are closest (Euclidean,
+    channel space) to the sampled ``channels (9, H, W)``. Returns ``(H, W, 4)`` quaternions. The diffusion
+    sample decides where boundaries run (using the PL); the orientations themselves are the measured ones
+    (exact inside grains that the coarse grid hit)."""
+    lr_ch = quat_to_channels(lr_quats)
+    H, W = channels.shape[-2:]
+    pad_c = F.pad(lr_ch[None], (radius,) * 4, mode="replicate")[0]
+    pad_q = F.pad(lr_quats.permute(2, 0, 1)[None], (radius,) * 4, mode="replicate")[0]
+    h, w = lr_quats.shape[:2]
+    best_d = torch.full((H, W), float("inf"))
+    out = torch.zeros(4, H, W)
+
+    def up(t):
+        t = t.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
+        return F.pad(t, (0, W - t.shape[-1], 0, H - t.shape[-2]), mode="replicate") if t.shape[-2:] != (H, W) else t
+
+    for di in range(2 * radius + 1):
+        for dj in range(2 * radius + 1):
+            cand_c = up(pad_c[:, di:di + h, dj:dj + w])
+            d = (cand_c - channels[:EBSD_CHANNELS]).pow(2).sum(0)
+            better = d < best_d
+            best_d = torch.where(better, d, best_d)
+            out = torch.where(better[None], up(pad_q[:, di:di + h, dj:dj + w]), out)
+    return out.permute(1, 2, 0).contiguous()
 
 
 def combine_samples(samples: torch.Tensor, scores: torch.Tensor, combine: str = "mean", n_keep: int | None = None):
@@ -410,6 +459,19 @@ def combine_samples(samples: torch.Tensor, scores: torch.Tensor, combine: str = 
     else:
         raise DiffusionInputError(f"combine must be 'best' or 'mean', got {combine!r}")
     return samples[chosen].mean(0), chosen
+
+
+def caxis_boundary_map(channels: torch.Tensor, threshold_deg: float = 5.0) -> torch.Tensor:
+    """``(H, W)`` bool from EBSD channels ``(9, H, W)``: angle between the headless c-axes of a pixel and its
+    right or lower neighbour above ``threshold_deg`` (what PL can see)."""
+    from .data import channels_to_caxis
+
+    c = channels_to_caxis(channels[:EBSD_CHANNELS])
+    thr = math.cos(math.radians(threshold_deg))
+    b = torch.zeros(c.shape[:2], dtype=torch.bool)
+    b[:, :-1] |= (c[:, :-1] * c[:, 1:]).sum(-1).abs() < thr
+    b[:-1, :] |= (c[:-1] * c[1:]).sum(-1).abs() < thr
+    return b
 
 
 def boundary_map(quaternions, threshold_deg: float = 5.0, symmetry: str = "6/mmm"):

@@ -180,6 +180,10 @@ class Measurement:
     operator: Operator
     y: torch.Tensor
     sigma: float = 0.05
+    #: ``"prox"``: enforced by the proximal step of :mod:`diffusion.posterior`; ``"replace"`` (selection
+    #: operators :class:`Identity` / :class:`Mask` only): noise-level-matched replacement of the observed
+    #: channels of ``x_t`` while the diffusion noise exceeds ``sigma``
+    mode: str = "prox"
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         return self.y.to(x) - self.operator(x)

@@ -19,7 +19,15 @@ dominate; late, the prior does, so noisy measurements are not copied.
 unmodified ``x0`` minus ``zeta * grad_{x_t} ||y - A(x0(x_t))|| `` through the network (slower: one backward
 pass per step).
 
-Both return the final ``x0`` of every sample and its per-measurement consistency.
+Measurements with ``mode="replace"`` (selection operators: identity, mask) are not used in the proximal step
+but by noise-level-matched replacement (as in ILVR / RePaint, with measurement noise): writing
+``sigma_t = sqrt((1 - abar_t) / abar_t)``, ``y + sqrt(sigma_t^2 - sigma_y^2) n`` is distributed like
+``x0 + sigma_t n`` when ``y = x0 + sigma_y n'``, so while ``sigma_t > sigma_y`` the observed channels of
+``x_t`` are replaced by ``sqrt(abar_t) (y + sqrt(sigma_t^2 - sigma_y^2) n)``; below ``sigma_y`` the prior
+alone finishes the denoising. This is the right treatment of a noisy, fully observed modality (PL
+denoising): the measurement noise is never copied into the sample.
+
+Both return the final ``x0`` of every sample.
 """
 from __future__ import annotations
 
@@ -85,7 +93,8 @@ def sample(
     ts = _timesteps(len(ac), steps)
     x = x_init if x_init is not None else torch.randn(shape, generator=generator, dtype=torch.float32)
     x = x.to(device=device, dtype=torch.float32)
-    meas = [Measurement(m.operator, m.y.to(device), m.sigma) for m in measurements]
+    meas = [Measurement(m.operator, m.y.to(device), m.sigma) for m in measurements if m.mode == "prox"]
+    repl = [Measurement(m.operator, m.y.to(device), m.sigma, "replace") for m in measurements if m.mode == "replace"]
     it = ts
     if progress:
         from tqdm import tqdm
@@ -112,11 +121,28 @@ def sample(
                 gamma = min(gamma_max, rho * (1 - a_t) / a_t)
                 x0 = prox(x0, meas, gamma, n_prox)
             x = a_prev ** 0.5 * x0 + (1 - a_prev) ** 0.5 * eps
+        if repl and i + 1 < len(ts):
+            x = _replace(x, repl, a_prev, generator)
     return x0.clamp(-clip, clip)
+
+
+def _replace(x: torch.Tensor, repl: Sequence[Measurement], a: float, generator) -> torch.Tensor:
+    """Noise-level-matched replacement of the observed channels (see module docstring)."""
+    sig_t2 = (1 - a) / a
+    for m in repl:
+        if sig_t2 <= m.sigma ** 2:
+            continue
+        y = m.y.expand(x.shape[0], *m.y.shape[1:])
+        n = torch.randn(y.shape, generator=generator, dtype=torch.float32).to(x.device)
+        obs = a ** 0.5 * (y + (sig_t2 - m.sigma ** 2) ** 0.5 * n)
+        mask = m.operator.adjoint(torch.ones_like(y), x.shape) > 0   # observed entries
+        x = torch.where(mask, m.operator.adjoint(obs, x.shape), x)
+    return x
 
 
 def consistency(x: torch.Tensor, measurements: Sequence[Measurement]) -> torch.Tensor:
     """``(B, M)`` root-mean-square residual of each sample against each measurement, divided by its sigma."""
+    measurements = list(measurements)
     if not measurements:
         return x.new_zeros((x.shape[0], 0))
     return torch.stack([m.rmse(x) / m.sigma for m in measurements], dim=1)
