@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     ap.add_argument("--depth", type=int, default=16)
     ap.add_argument("--stride", type=int, default=2)
     ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=96)
+    ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--seed", type=int, default=0)
