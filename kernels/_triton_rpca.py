@@ -16,7 +16,7 @@ import triton.language as tl
 @triton.jit
 def _residual_contract_kernel(
     y_ptr, h_ptr, un_ptr, up_ptr, pn_ptr, q_ptr,
-    P, I, J, RN, RP, chunk, zeta,
+    P, I, J, RN, RP, chunk, zeta_arg,
     BI: tl.constexpr, BJ: tl.constexpr, RNP: tl.constexpr, RPP: tl.constexpr,
     SOFT: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -38,6 +38,7 @@ def _residual_contract_kernel(
         acc_t = tl.float64
     else:
         acc_t = tl.float32
+    zeta = tl.load(zeta_arg).to(acc_t)  # from memory: exact in fp64, and replayable in a CUDA graph
     q_acc = tl.zeros((RPP, BJ), dtype=acc_t)
     i_start = pc * chunk
     y_base = y_ptr + p * I * J
@@ -93,7 +94,10 @@ def _config(P: int, I: int, J: int, dtype: torch.dtype, n_sm: int):
     return BI, BJ, nJ, chunk, n_chunks
 
 
-def triton_residual_contract(Y, H, UN, Uprev, zeta: float, mode: str, precision: str | None = None):
+def triton_residual_contract(Y, H, UN, Uprev, zeta, mode: str, precision: str | None = None,
+                             config: tuple | None = None):
+    """``zeta``: float, or a 1-element device tensor read by the kernel (so a CUDA graph can replay the pass
+    with a new threshold). ``config``: ``(BI, BJ, num_warps)`` override (tuning)."""
     Y = Y.contiguous()
     H = H.contiguous()
     UN = UN.contiguous()
@@ -102,17 +106,31 @@ def triton_residual_contract(Y, H, UN, Uprev, zeta: float, mode: str, precision:
     RN, RP = UN.shape[1], Uprev.shape[1]
     n_sm = torch.cuda.get_device_properties(Y.device).multi_processor_count if Y.is_cuda else 8
     BI, BJ, nJ, chunk, n_chunks = _config(P, I, J, Y.dtype, n_sm)
+    num_warps = 8 if BJ >= 256 else 4
+    if config is not None:
+        BI, BJ, num_warps = config
+        nJ = triton.cdiv(J, BJ)
+        want = max(1, (4 * n_sm) // max(1, P * nJ))
+        n_chunks = max(1, min(want, triton.cdiv(I, BI)))
+        chunk = triton.cdiv(triton.cdiv(I, n_chunks), BI) * BI
+        n_chunks = triton.cdiv(I, chunk)
     if precision is None:
-        precision = {torch.float64: "fp64", torch.float32: "ieee"}.get(Y.dtype, "native")
+        # fp32: three-pass TF32 on tensor cores (fp32-level accuracy) on GPUs; exact fp32 in the interpreter
+        fp32 = "tf32x3" if (Y.is_cuda and torch.cuda.get_device_capability(Y.device)[0] >= 8) else "ieee"
+        precision = {torch.float64: "fp64", torch.float32: fp32}.get(Y.dtype, "native")
+    if isinstance(zeta, torch.Tensor):
+        zt = zeta.reshape(1).to(device=Y.device, dtype=Y.dtype)
+    else:
+        zt = torch.full((1,), float(zeta), dtype=Y.dtype, device=Y.device)
     pn = torch.empty((nJ, P, I, RN), dtype=Y.dtype, device=Y.device)
     q = torch.empty((n_chunks, P, RP, J), dtype=Y.dtype, device=Y.device)
     if Y.numel() == 0:
         return pn.sum(0), q.sum(0)
     grid = (P, nJ, n_chunks)
     _residual_contract_kernel[grid](
-        Y, H, UN, Uprev, pn, q, P, I, J, RN, RP, chunk, zeta,
+        Y, H, UN, Uprev, pn, q, P, I, J, RN, RP, chunk, zt,
         BI=BI, BJ=BJ, RNP=max(16, triton.next_power_of_2(RN)), RPP=max(16, triton.next_power_of_2(RP)),
-        SOFT=(mode == "soft"), PRECISION=precision, num_warps=8 if BJ >= 256 else 4,
+        SOFT=(mode == "soft"), PRECISION=precision, num_warps=num_warps,
     )
     pn = pn[0] if nJ == 1 else pn.sum(0)
     q = q[0] if n_chunks == 1 else q.sum(0)

@@ -59,7 +59,7 @@ def residual_contract(
     H: torch.Tensor,
     UN: torch.Tensor,
     Uprev: torch.Tensor,
-    zeta: float,
+    zeta: float | torch.Tensor,
     mode: str = "hard",
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,14 +67,16 @@ def residual_contract(
 
     Args:
         Y: ``(P, I, J)``; H: ``(P, I, r_N)``; UN: ``(J, r_N)``; Uprev: ``(I, r_{N-1})``; all one dtype/device.
-        zeta: threshold ``>= 0``; mode: ``"hard"`` or ``"soft"``; backend: see :mod:`kernels`.
+        zeta: threshold ``>= 0`` (a float, or a one-element tensor on the device: read by the kernel at run
+            time, so a captured CUDA graph can be replayed with a new threshold); mode: ``"hard"`` or ``"soft"``; backend: see :mod:`kernels`.
     Returns:
         ``PN`` of shape ``(P, I, r_N)`` and ``Q`` of shape ``(P, r_{N-1}, J)``.
     """
     _check(Y, H, UN, Uprev, mode)
-    zeta = float(zeta)
-    if zeta < 0:
-        raise ValueError(f"zeta must be >= 0, got {zeta}")
+    if not isinstance(zeta, torch.Tensor):
+        zeta = float(zeta)
+        if zeta < 0:
+            raise ValueError(f"zeta must be >= 0, got {zeta}")
     if resolve_backend(backend, Y, H, UN, Uprev) == "triton":
         from ._triton_rpca import triton_residual_contract
 

@@ -78,7 +78,7 @@ def synthetic_rpca(
         alpha: fraction of corrupted entries, in ``[0, 1)``.
         magnitude: corruption values are uniform in ``[-m, m]``, ``m = magnitude * mean(|X*|)``.
         seed / generator: randomness (``generator`` wins when given).
-        dtype, device: of the returned tensors (built in float64 on CPU, then cast and moved).
+        dtype, device: of the returned tensors (built in float64 on ``device``, then cast).
 
     Returns:
         :class:`SyntheticProblem` (unpacks as ``Y, X, S``). ``X*`` is scaled to unit RMS entry
@@ -100,8 +100,11 @@ def synthetic_rpca(
         raise RPCAInputError(f"alpha must be in [0, 1), got {alpha}")
     gen = generator if generator is not None else torch.Generator().manual_seed(0 if seed is None else int(seed))
 
+    # small pieces on the CPU generator; the full-size tensors are built in float64 on ``device``
     core = _core_with_condition(ranks, float(kappa), gen)
     factors = [_orthonormal(n, r, gen) for n, r in zip(shape, ranks)]
+    dev_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+    core, factors = core.to(device), [U.to(device) for U in factors]
     X = core
     for m, U in enumerate(factors):
         X = torch.tensordot(U, X.movedim(m, 0), dims=([1], [0])).movedim(0, m)
@@ -111,11 +114,12 @@ def synthetic_rpca(
 
     numel = X.numel()
     n_bad = int(round(alpha * numel))
-    S = torch.zeros(numel, dtype=torch.float64)
+    S = torch.zeros(numel, dtype=torch.float64, device=X.device)
     if n_bad:
-        idx = torch.randperm(numel, generator=gen)[:n_bad]
+        dgen = torch.Generator(device=X.device).manual_seed(dev_seed)
+        idx = torch.randperm(numel, generator=dgen, device=X.device)[:n_bad]
         m = float(magnitude) * X.abs().mean().item()
-        S[idx] = (torch.rand(n_bad, generator=gen, dtype=torch.float64) * 2 - 1) * m
+        S[idx] = (torch.rand(n_bad, generator=dgen, dtype=torch.float64, device=X.device) * 2 - 1) * m
     S = S.reshape(shape)
     Y = X + S
     cast = lambda t: t.to(dtype=dtype, device=device)  # noqa: E731
