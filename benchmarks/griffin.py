@@ -90,8 +90,10 @@ def weight_bytes(model, density: float, batch: int, kv_len: int, per_seq: bool =
     return float(total + kv), float(gr + kv)
 
 
-def time_decode(model, batch: int, prompt: int, new: int, mode: str, density: float, repeat: int = 3):
-    """Milliseconds per decode step (median of ``repeat`` runs of ``new`` steps)."""
+def time_decode(model, batch: int, prompt: int, new: int, mode: str, density: float, repeat: int = 3,
+                compiled: bool = False):
+    """Milliseconds per decode step (median of ``repeat`` runs of ``new`` steps). ``compiled``: the step
+    is ``torch.compile``d (inductor, static shapes) before it is captured in the CUDA graph."""
     from transformers import StaticCache
 
     dev = next(model.parameters()).device
@@ -110,8 +112,10 @@ def time_decode(model, batch: int, prompt: int, new: int, mode: str, density: fl
             pos = torch.full((batch, 1), prompt, device=dev, dtype=torch.long)
             del out
 
+            fwd = torch.compile(model, dynamic=False) if compiled else model
+
             def step():
-                o = model(input_ids=tok, position_ids=pos, use_cache=True, **{kw: cache}).logits
+                o = fwd(input_ids=tok, position_ids=pos, use_cache=True, **{kw: cache}).logits
                 tok.copy_(o[:, -1:].argmax(-1))
                 pos.add_(1)
                 return o
@@ -122,8 +126,12 @@ def time_decode(model, batch: int, prompt: int, new: int, mode: str, density: fl
                 s = torch.cuda.Stream()
                 s.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(s):
+                    t_c = time.time()
                     for _ in range(2):
                         step()
+                    torch.cuda.synchronize()
+                    if compiled:
+                        print(f"[speed] compiled + warm-up in {time.time() - t_c:.1f}s", flush=True)
                 torch.cuda.current_stream().wait_stream(s)
                 try:
                     graph = torch.cuda.CUDAGraph()
@@ -181,6 +189,18 @@ def speed(args, device) -> Table:
                 label = mode if mode != "griffin" or batch == 1 else "griffin-shared"
                 table.add([shape, batch, label, ms, batch * 1e3 / ms, base / ms, ceil, dense_b / (ms * 1e-3) / 1e9])
                 print(f"[speed] {shape} b{batch} {label}: {ms:.3f} ms/token", flush=True)
+            if device.type == "cuda" and shape in args.compile_shapes and batch in args.compile_batches:
+                base_c = None
+                for mode in ("dense", "griffin"):
+                    ms = time_decode(model, batch, args.prompt, args.new, mode, 0.5, repeat=args.repeat,
+                                     compiled=True)
+                    base_c = ms if mode == "dense" else base_c
+                    ceil = 1.0 if mode == "dense" else dense_b / gr_b
+                    label = mode + (" (compiled)" if batch == 1 else "-shared (compiled)")
+                    table.add([shape, batch, label, ms, batch * 1e3 / ms, base_c / ms, ceil,
+                               dense_b / (ms * 1e-3) / 1e9])
+                    print(f"[speed] {shape} b{batch} {label}: {ms:.3f} ms/token", flush=True)
+                torch._dynamo.reset()
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -279,6 +299,9 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--shapes", nargs="+", default=["llama-1B", "llama-7B"])
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    ap.add_argument("--compile-shapes", nargs="*", default=["llama-7B"],
+                    help="shapes also timed with the decode step torch.compile'd (inductor) inside the graph")
+    ap.add_argument("--compile-batches", nargs="*", type=int, default=[1])
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=3)
