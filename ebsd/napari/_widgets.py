@@ -1,0 +1,319 @@
+"""Dock widgets: "Recover slices" and "Clean outliers (RPCA)".
+
+Both run their work in a napari worker thread (the viewer stays responsive), show a progress bar, can be
+cancelled, and add their results as new layers (the originals stay: undo = toggle layer visibility).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..errors import EBSDError
+from ._layers import volume_layers, volume_of
+
+
+def parse_indices(text: str) -> list[int]:
+    """``"3, 7-9"`` -> ``[3, 7, 8, 9]`` (sorted, unique). Raises ValueError on anything else."""
+    out: set[int] = set()
+    for part in text.replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part[1:]:
+            a, b = part.split("-", 1) if not part.startswith("-") else (part, part)
+            lo, hi = int(a), int(b)
+            out.update(range(min(lo, hi), max(lo, hi) + 1))
+        else:
+            out.add(int(part))
+    return sorted(out)
+
+
+def contiguous_runs(indices: list[int]) -> list[list[int]]:
+    """``[2, 3, 7]`` -> ``[[2, 3], [7]]``."""
+    runs: list[list[int]] = []
+    for i in sorted(indices):
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
+class _LayerPicker(QComboBox):
+    """A combo box of the viewer's layers that pass ``accept``; refreshed when layers change."""
+
+    def __init__(self, viewer, accept):
+        super().__init__()
+        self._viewer = viewer
+        self._accept = accept
+        viewer.layers.events.inserted.connect(self.refresh)
+        viewer.layers.events.removed.connect(self.refresh)
+        self.refresh()
+
+    def refresh(self, *args) -> None:
+        current = self.currentText()
+        self.clear()
+        names = [lay.name for lay in self._viewer.layers if self._accept(lay)]
+        self.addItems(names)
+        if current in names:
+            self.setCurrentText(current)
+
+    def layer(self):
+        name = self.currentText()
+        return self._viewer.layers[name] if name in self._viewer.layers else None
+
+
+class RecoverSlicesWidget(QWidget):
+    """Find bad slices, edit the list (also from the current z of the viewer), recover them."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.worker = None
+        self.result = None  # the recovered EBSDVolume of the last finished run
+        self.picker = _LayerPicker(napari_viewer, lambda lay: volume_of(lay) is not None)
+        self.slices = QLineEdit()
+        self.slices.setPlaceholderText("e.g. 12, 13 or 12-14")
+        self.detect_btn = QPushButton("Detect bad slices")
+        self.add_btn = QPushButton("Add current z")
+        self.remove_btn = QPushButton("Remove current z")
+        self.project = QCheckBox("Project onto neighbouring grains")
+        self.project.setChecked(True)
+        self.run_btn = QPushButton("Run")
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.progress = QProgressBar()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("Volume", self.picker)
+        form.addRow("Slices", self.slices)
+        row = QHBoxLayout()
+        for b in (self.detect_btn, self.add_btn, self.remove_btn):
+            row.addWidget(b)
+        run_row = QHBoxLayout()
+        run_row.addWidget(self.run_btn)
+        run_row.addWidget(self.cancel_btn)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addLayout(row)
+        lay.addWidget(self.project)
+        lay.addLayout(run_row)
+        lay.addWidget(self.progress)
+        lay.addWidget(self.status)
+        lay.addStretch(1)
+
+        self.detect_btn.clicked.connect(self.detect)
+        self.add_btn.clicked.connect(lambda: self._edit_current(add=True))
+        self.remove_btn.clicked.connect(lambda: self._edit_current(add=False))
+        self.run_btn.clicked.connect(self.run)
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.picker.currentTextChanged.connect(lambda *_: self.detect())
+        self.detect()
+
+    # ----------------------------------------------------------------- slice list
+    def indices(self) -> list[int]:
+        return parse_indices(self.slices.text())
+
+    def set_indices(self, idx) -> None:
+        self.slices.setText(", ".join(str(i) for i in sorted(set(idx))))
+
+    def _current_z(self) -> int | None:
+        layer = self.picker.layer()
+        if layer is None:
+            return None
+        world = self.viewer.dims.point[0]
+        return int(round(layer.world_to_data(self.viewer.dims.point)[0])) if world is not None else None
+
+    def _edit_current(self, add: bool) -> None:
+        z = self._current_z()
+        if z is None:
+            return
+        idx = set(self.indices())
+        idx = idx | {z} if add else idx - {z}
+        self.set_indices(idx)
+
+    def detect(self) -> list[int]:
+        """Fill the slice list with the automatically found bad slices (low CI / IQ / jumps)."""
+        layer = self.picker.layer()
+        vol = volume_of(layer) if layer is not None else None
+        if vol is None:
+            return []
+        from ..recovery import find_bad_slices
+
+        bad = list(find_bad_slices(vol))
+        self.set_indices(bad)
+        self.status.setText(f"found {len(bad)} bad slice(s)" if bad else "no bad slices found")
+        return bad
+
+    # ----------------------------------------------------------------- run / cancel
+    def run(self):
+        """Start recovery in a worker thread; returns the worker (napari ``GeneratorWorker``)."""
+        from napari.qt.threading import thread_worker
+
+        layer = self.picker.layer()
+        vol = volume_of(layer) if layer is not None else None
+        if vol is None:
+            self.status.setText("choose a volume layer opened with this plugin")
+            return None
+        try:
+            missing = self.indices()
+        except ValueError:
+            self.status.setText("slices must be integers separated by commas (ranges like 3-5 allowed)")
+            return None
+        bad = [z for z in missing if not 0 <= z < vol.shape[0]]
+        if not missing or bad:
+            self.status.setText(f"no slices to recover" if not missing else f"slices {bad} are outside 0..{vol.shape[0] - 1}")
+            return None
+        runs = contiguous_runs(missing)
+        project = self.project.isChecked()
+        name = layer.name.removesuffix(" IPF-Z")
+
+        @thread_worker
+        def _work():
+            from ..recovery import recover_missing_slices
+
+            current = vol
+            disagreement = np.zeros(vol.shape, dtype=np.float32)
+            for k, run in enumerate(runs):
+                yield (k, len(runs))
+                current, details = recover_missing_slices(
+                    current, missing=run, project=project, progress=False, return_details=True
+                )
+                dis = details.get("disagreement_deg") if isinstance(details, dict) else None
+                if dis is not None:
+                    disagreement[run] = np.asarray(dis, dtype=np.float32)
+            yield (len(runs), len(runs))
+            return current, disagreement
+
+        self.progress.setRange(0, len(runs))
+        self.progress.setValue(0)
+        self.run_btn.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
+        self.status.setText(f"recovering slices {missing} ...")
+        worker = _work()
+        worker.yielded.connect(lambda kn: self.progress.setValue(kn[0]))
+        worker.returned.connect(lambda res: self._done(res, name, missing))
+        worker.aborted.connect(self._aborted)
+        worker.errored.connect(self._errored)
+        worker.finished.connect(self._finished)
+        self.worker = worker
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        if self.worker is not None:
+            self.worker.quit()
+            self.status.setText("cancelling ...")
+
+    def _done(self, res, name: str, missing: list[int]) -> None:
+        new, disagreement = res
+        self.result = new
+        layers = volume_layers(new, name=f"{name} recovered")
+        for data, kwargs, kind in layers[:1]:
+            self.viewer._add_layer_from_data(data, kwargs, kind)
+        highlight = np.zeros(new.shape, dtype=np.int32)
+        highlight[missing] = 1
+        scale = tuple(new.spacing)
+        self.viewer.add_labels(highlight, name=f"{name} recovered slices", scale=scale, opacity=0.35,
+                               translate=tuple(new.origin))
+        self.viewer.add_image(disagreement, name=f"{name} disagreement (deg)", scale=scale, colormap="magma",
+                              visible=False, translate=tuple(new.origin))
+        self.status.setText(f"recovered slices {missing}; toggle the new layers to compare (undo = hide them)")
+
+    def _aborted(self) -> None:
+        self.status.setText("cancelled: nothing was changed")
+
+    def _errored(self, exc) -> None:
+        msg = str(exc) if isinstance(exc, EBSDError) else f"{type(exc).__name__}: {exc}"
+        self.status.setText(f"recovery failed: {msg}")
+        from napari.utils.notifications import show_error
+
+        show_error(f"Recover slices: {msg}")
+
+    def _finished(self) -> None:
+        self.run_btn.setEnabled(True)
+        self.cancel_btn.setEnabled(False)
+
+
+class RPCAWidget(QWidget):
+    """Run tensor robust PCA on an image layer; add the low-rank and sparse parts as layers."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.worker = None
+        self.picker = _LayerPicker(napari_viewer, lambda lay: lay.__class__.__name__ == "Image")
+        self.ranks = QLineEdit("8,8,8")
+        self.max_iter = QLineEdit("100")
+        self.run_btn = QPushButton("Run RPCA")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        form = QFormLayout(self)
+        form.addRow("Layer", self.picker)
+        form.addRow("Tucker ranks", self.ranks)
+        form.addRow("Max iterations", self.max_iter)
+        form.addRow(self.run_btn)
+        form.addRow(self.status)
+        self.run_btn.clicked.connect(self.run)
+
+    def run(self):
+        from napari.qt.threading import thread_worker
+
+        layer = self.picker.layer()
+        if layer is None:
+            self.status.setText("choose an image layer")
+            return None
+        data = np.asarray(layer.data)
+        rgb = bool(getattr(layer, "rgb", False))
+        Y = data.astype(np.float32) / (255.0 if data.dtype == np.uint8 else 1.0)
+        try:
+            ranks = [int(r) for r in self.ranks.text().split(",") if r.strip()]
+            max_iter = int(self.max_iter.text())
+        except ValueError:
+            self.status.setText("ranks must be integers separated by commas")
+            return None
+        if rgb and len(ranks) == Y.ndim - 1:
+            ranks.append(Y.shape[-1])
+        if len(ranks) != Y.ndim:
+            self.status.setText(f"give {Y.ndim} ranks for this {Y.ndim}-D layer")
+            return None
+
+        @thread_worker
+        def _work():
+            from tensorrpca import rpca
+
+            return rpca(Y, ranks=tuple(ranks), max_iter=max_iter)
+
+        def _done(res):
+            kw = {"scale": layer.scale, "translate": layer.translate}
+            low = np.clip(res.low_rank, 0, None)
+            self.viewer.add_image(low, name=f"{layer.name} low-rank", rgb=rgb and low.max() <= 1.0, **kw)
+            self.viewer.add_image(np.abs(res.sparse).sum(-1) if rgb else res.sparse,
+                                  name=f"{layer.name} sparse", colormap="magma", **kw)
+            self.status.setText(f"done in {res.n_iter} iterations")
+
+        worker = _work()
+        worker.returned.connect(_done)
+        worker.errored.connect(lambda e: self.status.setText(f"RPCA failed: {e}"))
+        self.status.setText("running ...")
+        self.worker = worker
+        worker.start()
+        return worker
+
+
+__all__ = ["RecoverSlicesWidget", "RPCAWidget", "parse_indices", "contiguous_runs"]
