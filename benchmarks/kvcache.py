@@ -373,7 +373,7 @@ def build_parser():
     ap.add_argument("--steps", type=int, default=10, help="timed decode steps")
     ap.add_argument("--max-batch", type=int, default=256)
     ap.add_argument("--reserve-gib", type=float, default=6.0)
-    ap.add_argument("--host-gib", type=float, default=48.0, help="host memory ShadowKV may use for values")
+    ap.add_argument("--host-gib", type=float, default=32.0, help="host memory ShadowKV may use for values")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="tiny, seconds, CPU: both parts on random models")
     return ap

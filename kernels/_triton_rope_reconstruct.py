@@ -21,7 +21,7 @@ def _rope_reconstruct_kernel(
     s_pb, s_pt,
     s_ob, s_oh, s_on, s_od,
     BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr, USE_DOT: tl.constexpr,
-    IS64: tl.constexpr,
+    CDT: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -34,10 +34,6 @@ def _rope_reconstruct_kernel(
     mask_h = offs_h < HALF
     col1 = h * (2 * HALF) + offs_h
     col2 = col1 + HALF
-    if IS64:
-        CDT = tl.float64
-    else:
-        CDT = tl.float32
     acc1 = tl.zeros((BLOCK_N, BLOCK_H), dtype=CDT)
     acc2 = tl.zeros((BLOCK_N, BLOCK_H), dtype=CDT)
     for r0 in range(0, R, BLOCK_R):
@@ -93,7 +89,7 @@ def triton_rope_reconstruct(A, Bf, idx, positions, inv_freq, scaling: float) -> 
         idx.stride(0), idx.stride(1), idx.stride(2),
         positions.stride(0), positions.stride(1),
         out.stride(0), out.stride(1), out.stride(2), out.stride(3),
-        BLOCK_N=BLOCK_N, BLOCK_R=BLOCK_R, BLOCK_H=BLOCK_H, USE_DOT=use_dot, IS64=is64,
+        BLOCK_N=BLOCK_N, BLOCK_R=BLOCK_R, BLOCK_H=BLOCK_H, USE_DOT=use_dot, CDT=tl.float64 if is64 else tl.float32,
         num_warps=4,
     )
     return out

@@ -26,6 +26,9 @@ from ._layers import _NEG, _QCHUNK, PolicyLayer, _bool_mask, _expand_rows, _gath
 from .base import KVPolicy
 
 
+_KERNEL_BACKEND = None  # kernels' default: Triton on CUDA
+
+
 class ShadowKV(KVPolicy):
     """ShadowKV with a sparse budget of ``budget`` tokens (``budget // chunk`` chunks) rebuilt per decode step."""
 
@@ -156,12 +159,27 @@ class ShadowKVLayer(PolicyLayer):
         s = torch.softmax(s, dim=-1).sum(2).masked_fill(self.outlier, float("-inf"))
         return s.topk(k_sel, dim=-1).indices
 
+    def _rebuild(self, tok, inv_freq, scaling):
+        """Keys of tokens ``tok`` from the factors, RoPE applied (the Triton kernel on CUDA; if it cannot run there,
+        once a warning and the torch reference from then on)."""
+        global _KERNEL_BACKEND
+        from kernels import rope_reconstruct
+
+        try:
+            return rope_reconstruct(self.A, self.Bf, tok, self.rope_pos, inv_freq, scaling, backend=_KERNEL_BACKEND)
+        except Exception as exc:  # pragma: no cover - depends on the GPU / Triton build
+            if _KERNEL_BACKEND == "torch":
+                raise
+            import warnings
+
+            warnings.warn(f"ShadowKV: Triton rope_reconstruct failed ({exc!r}); using the torch reference")
+            _KERNEL_BACKEND = "torch"
+            return rope_reconstruct(self.A, self.Bf, tok, self.rope_pos, inv_freq, scaling, backend="torch")
+
     def _fetch(self, top):
         """Keys (B, Hkv, N, D) rebuilt with RoPE and values (B, Hkv, N, D) from the host copy of chunks ``top``
         (B, Hkv, k); N = k * chunk. Values are copied as whole chunk rows (``index_select`` of contiguous rows on
         the host, then one copy over on a side stream while the keys are rebuilt)."""
-        from kernels import rope_reconstruct
-
         B, hk, k = top.shape
         c = self.policy.chunk
         C = self.landmarks.shape[2]
@@ -181,11 +199,11 @@ class ShadowKVLayer(PolicyLayer):
             self._stream.wait_stream(torch.cuda.current_stream(dev))
             with torch.cuda.stream(self._stream):
                 vals = staging.to(dev, non_blocking=True)
-            keys = rope_reconstruct(self.A, self.Bf, tok, self.rope_pos, inv_freq.to(dev), scaling)
+            keys = self._rebuild(tok, inv_freq.to(dev), scaling)
             torch.cuda.current_stream(dev).wait_stream(self._stream)
             vals.record_stream(torch.cuda.current_stream(dev))
         else:
-            keys = rope_reconstruct(self.A, self.Bf, tok, self.rope_pos, inv_freq.to(dev), scaling)
+            keys = self._rebuild(tok, inv_freq.to(dev), scaling)
             vals = vh.index_select(0, rows)
         return tok, keys, vals.view(B, hk, k * c, D)
 
