@@ -144,7 +144,7 @@ def residual_contractions(
     H = multi_mode_product(core, list(factors[:-1]), modes=list(range(N - 1)),
                            backend="torch" if _needs_grad(core, factors) else backend)
     UN, Up = factors[-1], factors[-2]
-    if isinstance(zeta, torch.Tensor) or _needs_grad(Y, factors, core):
+    if _needs_grad(Y, factors, core, zeta):
         X = torch.matmul(_as3(H), UN.t())
         zt = zeta if isinstance(zeta, torch.Tensor) else torch.as_tensor(zeta, dtype=Y.dtype, device=Y.device)
         R = _residual_tensor_zeta(_as3(Y) - X, zt, mode)
@@ -218,6 +218,62 @@ def relative_change(old: tuple, new: tuple) -> torch.Tensor:
     return (aa + bb - 2 * ab).clamp_min(0).sqrt() / aa.sqrt().clamp_min(torch.finfo(torch.float64).tiny)
 
 
+class _GraphStep:
+    """One ScaledGD step plus its relative change, captured in a CUDA graph and replayed per iteration.
+
+    The threshold lives in a device tensor that the fused kernel reads at run time, so one capture serves
+    every iteration of the schedule; the step writes the new iterate back into the static buffers. Removes
+    the launch overhead of the ~100 small r-space ops, which otherwise exceeds the full-size pass."""
+
+    def __init__(self, Y, factors, core, zeta, eta, mode, backend):
+        self.f = [U.clone() for U in factors]
+        self.c = core.clone()
+        self.zeta = torch.full((1,), float(zeta), dtype=Y.dtype, device=Y.device)
+        run = lambda: self._body(Y, eta, mode, backend)  # noqa: E731
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        saved = ([U.clone() for U in self.f], self.c.clone())
+        with torch.cuda.stream(s):  # warm up (compiles kernels, allocates workspaces) off the graph
+            run()
+        torch.cuda.current_stream().wait_stream(s)
+        for a, b in zip(self.f, saved[0]):
+            a.copy_(b)
+        self.c.copy_(saved[1])
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.change = run()
+
+    def _body(self, Y, eta, mode, backend):
+        new_f, new_c = scaledgd_step(Y, self.f, self.c, self.zeta, eta, mode=mode, backend=backend)
+        change = relative_change((self.f, self.c), (new_f, new_c))
+        for a, b in zip(self.f, new_f):
+            a.copy_(b)
+        self.c.copy_(new_c)
+        return change
+
+    def __call__(self, zeta: float) -> float:
+        self.zeta.fill_(zeta)
+        self.graph.replay()
+        return float(self.change)
+
+
+def _make_graph_step(Y, factors, core, zeta, eta, mode, backend, want):
+    if want is False or not Y.is_cuda:
+        return None
+    from kernels import resolve_backend
+
+    if resolve_backend(backend, Y) != "triton":
+        return None
+    try:
+        return _GraphStep(Y, factors, core, zeta, eta, mode, backend)
+    except Exception as exc:  # capture unsupported here: run eagerly
+        if want:
+            raise
+        warnings.warn(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); running eagerly",
+                      RuntimeWarning, stacklevel=3)
+        return None
+
+
 # ----------------------------------------------------------------------------------------------- checks
 def _validate(Y, ranks):
     if isinstance(Y, np.ndarray):
@@ -272,6 +328,7 @@ def rpca(
     params: RPCAParams | Mapping[str, Any] | None = None,
     threshold: str = "hard",
     backend: str | None = None,
+    cuda_graph: bool | None = None,
 ) -> RPCAResult:
     """Tensor robust PCA: split ``Y`` into a low-Tucker-rank part and a sparse part.
 
@@ -289,6 +346,8 @@ def rpca(
         params: :class:`RPCAParams` or dict with ``zeta0``, ``zeta1``, ``rho``, ``eta``.
         threshold: ``"hard"`` (default) or ``"soft"``.
         backend: kernel backend for the full-size pass (``None``: Triton on CUDA, torch elsewhere).
+        cuda_graph: replay each iteration from a captured CUDA graph (``None``: on CUDA with the Triton backend,
+            falling back to eager execution if capture fails; ``False``: never).
 
     Returns:
         :class:`RPCAResult`.
@@ -340,11 +399,18 @@ def rpca(
         if not bool(core.abs().max() > 0):  # Y thresholds to zero: X = 0 is the answer
             converged = True
         else:
+            graph = None
+            if int(max_iter) > 0:
+                graph = _make_graph_step(Yt, factors, core, p.zeta1, p.eta, threshold, backend, cuda_graph)
             for k in range(int(max_iter)):
                 zeta = p.zeta1 * p.rho**k
-                new = scaledgd_step(Yt, factors, core, zeta, p.eta, mode=threshold, backend=backend)
-                change = float(relative_change((factors, core), new))
-                factors, core = new
+                if graph is not None:
+                    change = graph(zeta)
+                    factors, core = graph.f, graph.c
+                else:
+                    new = scaledgd_step(Yt, factors, core, zeta, p.eta, mode=threshold, backend=backend)
+                    change = float(relative_change((factors, core), new))
+                    factors, core = new
                 history.append({"rel_change": change, "zeta": zeta})
                 if bar is not None:
                     bar.update(1)
