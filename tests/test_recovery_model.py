@@ -29,6 +29,17 @@ def test_shapes_and_unit_output():
     assert torch.allclose(out.norm(dim=-1), torch.ones(()), atol=1e-5)
 
 
+def test_keep_z_matches_full_output():
+    net = tiny_model()
+    x = torch.rand(2, 7, 12, 10, 3) * 2 - 1
+    mask = torch.zeros(2, 7, 12, 10, dtype=torch.bool)
+    mask[:, 3:5] = True
+    with torch.no_grad():
+        full, part = net(x, mask), net(x, mask, keep_z=slice(3, 5))
+    assert part.shape == (2, 2, 12, 10, 4)
+    assert torch.allclose(full[:, 3:5], part, atol=1e-5)
+
+
 def test_default_size_is_lightweight():
     n = SliceRecoveryTransformer(ModelConfig()).n_parameters
     assert 300_000 <= n <= 3_000_000, n

@@ -78,7 +78,7 @@ def predict_slices(net: SliceRecoveryTransformer, vol, run: tuple[int, int], mis
         xb = torch.stack([x[:, y:y + ty, xx:xx + tx] for y, xx in chunk])
         mb = torch.stack([mask[:, y:y + ty, xx:xx + tx] for y, xx in chunk])
         with autocast:
-            pred = net(xb, mb)[:, g0:g1].float()
+            pred = net(xb, mb, keep_z=slice(g0, g1)).float()
         for (y, xx), p in zip(chunk, pred):
             my0 = ov // 2 if y > 0 else 0
             my1 = ov // 2 if y + ty < Y else 0

@@ -62,8 +62,11 @@ class _Block(nn.Module):
         hidden = int(round(d * cfg.mlp_ratio))
         self.mlp = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for axis, att in zip((1, 2, 3), self.att):
+    def forward(self, x: torch.Tensor, keep_z: slice | None = None) -> torch.Tensor:
+        x = self.att[0](x, 1)
+        if keep_z is not None:  # y/x attention and the MLP do not mix slices: skip the unwanted ones
+            x = x[:, keep_z]
+        for axis, att in zip((2, 3), self.att[1:]):
             x = att(x, axis)
         return x + self.mlp(x)
 
@@ -75,6 +78,8 @@ class SliceRecoveryTransformer(nn.Module):
         cubo: ``(B, Z, Y, X, 3)`` cubochoric coordinates of fundamental-zone orientations (see
             :func:`prepare_input`), divided by the cube half edge so they lie in ``[-1, 1]``.
         mask: ``(B, Z, Y, X)`` bool, True where the voxel is missing / untrusted (its ``cubo`` is ignored).
+        keep_z: optional slice of z to return (e.g. the missing slices); the same values as
+            ``forward(...)[:, keep_z]``, computed with less work (the last block skips the other slices).
     returns ``(B, Z, Y, X, 4)`` unit quaternions (scalar first), for every voxel of the window.
     ``Z <= max_z`` and ``Y, X <= max_xy``.
     """
@@ -102,7 +107,7 @@ class SliceRecoveryTransformer(nn.Module):
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, cubo: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, cubo: torch.Tensor, mask: torch.Tensor, keep_z: slice | None = None) -> torch.Tensor:
         B, Z, Y, X, _ = cubo.shape
         cfg = self.config
         if Z > cfg.max_z or Y > cfg.max_xy or X > cfg.max_xy:
@@ -111,8 +116,8 @@ class SliceRecoveryTransformer(nn.Module):
         h = self.embed(cubo)
         h = torch.where(mask.unsqueeze(-1), self.mask_token.to(h.dtype), h)
         h = h + self.pos_z[:Z, None, None] + self.pos_y[None, :Y, None] + self.pos_x[None, None, :X]
-        for blk in self.blocks:
-            h = blk(h)
+        for i, blk in enumerate(self.blocks):
+            h = blk(h, keep_z if i == len(self.blocks) - 1 else None)
         q = self.head(self.norm(h)).float()
         return q / q.norm(dim=-1, keepdim=True).clamp_min(1e-6)
 
