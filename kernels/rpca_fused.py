@@ -42,16 +42,17 @@ def residual_contract_torch(Y, H, UN, Uprev, zeta, mode: str = "hard"):
     Differentiable in ``Y``, ``H``, ``U_N``, ``U_prev`` when any of them requires grad; otherwise it works
     in place on the one full-size temporary (fewer passes over memory on CPU).
     """
+    P, I, J = Y.shape
+    X = (H.reshape(P * I, -1) @ UN.t()).reshape(P, I, J)  # one GEMM, not P small ones
     if torch.is_grad_enabled() and any(t.requires_grad for t in (Y, H, UN, Uprev)):
-        X = torch.matmul(H, UN.t())
         R = threshold_residual(Y, X, zeta, mode=mode, out="residual", backend="torch")
     else:
-        R = torch.matmul(H, UN.t()).sub_(Y)  # X - Y = -D
+        R = X.sub_(Y)  # X - Y = -D
         if mode == "hard":
             R.masked_fill_(R.abs() > zeta, 0)  # -D 1{|D| <= zeta}
         else:
             R.clamp_(-zeta, zeta)  # -clamp(D, -zeta, zeta)
-    return torch.matmul(R, UN), torch.matmul(Uprev.t(), R)
+    return (R.reshape(P * I, J) @ UN).reshape(P, I, -1), torch.matmul(Uprev.t(), R)
 
 
 def residual_contract(
