@@ -58,14 +58,14 @@ def decode_losses(model, policy, ids, prefill):
     nll, hits = [], []
     with torch.no_grad(), kvcache.apply(model, policy):
         cache = DynamicCache(config=model.config)
-        out = model(input_ids=ids[:, :prefill], cache=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=ids[:, :prefill], past_key_values=cache, use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1]
         for t in range(prefill, T):
             lp = torch.log_softmax(logits.float(), -1)
             nll.append(-lp.gather(1, ids[:, t : t + 1]).squeeze(1))
             hits.append(logits.argmax(-1) == ids[:, t])
             if t + 1 < T:
-                logits = model(input_ids=ids[:, t : t + 1], cache=cache, use_cache=True).logits[:, -1]
+                logits = model(input_ids=ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits[:, -1]
         mem = kvcache.cache_memory(cache)
     return torch.stack(nll, 1), torch.stack(hits, 1), mem
 
@@ -224,7 +224,7 @@ def prefill_one(model, policy, T, dev):
     cache = DynamicCache(config=model.config)
     ctx = kvcache.apply(model, policy) if policy is not None else _null()
     with torch.no_grad(), ctx:
-        out = model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
     return cache, out.logits[:, -1].argmax(-1)
 
 
@@ -240,12 +240,12 @@ def decode_speed(model, policy, cache, B, steps, dev):
     tok = torch.randint(0, model.config.vocab_size, (B, 1), device=dev)
     ctx = kvcache.apply(model, policy) if policy is not None else _null()
     with torch.no_grad(), ctx:
-        model(input_ids=tok, cache=cache, use_cache=True)  # warm-up
+        model(input_ids=tok, past_key_values=cache, use_cache=True)  # warm-up
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(steps):
-            model(input_ids=tok, cache=cache, use_cache=True)
+            model(input_ids=tok, past_key_values=cache, use_cache=True)
         if dev.type == "cuda":
             torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / steps
@@ -258,7 +258,8 @@ def system(args, log=print):
     T = args.context
     model = big_model(args.layers, dev, torch.bfloat16 if dev.type == "cuda" else torch.float32, small=small)
     nparam = sum(p.numel() for p in model.parameters())
-    log(f"model: {nparam / 1e9:.2f} B parameters, {args.layers} layers, context {T}, device {dev}")
+    log(f"model: {nparam / 1e9:.2f} B parameters, {args.layers} layers, context {T}, device {dev}, "
+        f"torch {torch.__version__}, transformers {_tf_version()}")
     b = args.sys_budget
     pols = {"full": None, "streaming": StreamingLLM.with_budget(b), "h2o": H2O(b),
             "less": LESS.untrained(StreamingLLM.with_budget(b - 4), model),
@@ -280,6 +281,9 @@ def system(args, log=print):
         cache, _ = prefill_one(model, pol, T, dev)
         mem = kvcache.cache_memory(cache)
         per_seq = mem["device"]
+        if per_seq + mem["host"] == 0:
+            raise SystemExit(f"{name}: the cache stayed empty after prefill (transformers {_tf_version()} did not "
+                             "use the cache passed as past_key_values)")
         if dev.type == "cuda":
             torch.cuda.synchronize()
             free = total - torch.cuda.memory_allocated(dev) + per_seq
@@ -327,6 +331,12 @@ def system(args, log=print):
     print(table.markdown())
     print(f"wrote {path}")
     return res
+
+
+def _tf_version():
+    import transformers
+
+    return transformers.__version__
 
 
 def _replicate(cache, B, name):

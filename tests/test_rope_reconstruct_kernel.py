@@ -51,7 +51,9 @@ def test_reference_matches_float64(size, scale):
 def test_triton_matches_float64(size, dtype):
     A, Bf, idx, pos, f = _case(*size, dtype, seed=1)
     truth = _float64_truth(A, Bf, idx, pos, f, 0.9)
-    out = rope_reconstruct(A, Bf, idx, pos, f if dtype == torch.float64 else f.float(), 0.9, backend="triton")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # CPU tensors run in Triton's interpreter
+    args = [t.to(dev) for t in (A, Bf, idx, pos, f if dtype == torch.float64 else f.float())]
+    out = rope_reconstruct(*args, 0.9, backend="triton").cpu()
     assert out.dtype == dtype and out.shape == truth.shape
     tol = 1e-10 if dtype == torch.float64 else 2e-5 * truth.abs().max().item()
     assert torch.allclose(out.double(), truth, atol=tol, rtol=0)
@@ -61,7 +63,9 @@ def test_triton_matches_float64(size, dtype):
 def test_triton_non_contiguous_and_int32_inputs():
     A, Bf, idx, pos, f = _case(2, 21, 9, 2, 8, 7, torch.float32, seed=2)
     At = A.transpose(1, 2).contiguous().transpose(1, 2)  # same values, other strides
-    out = rope_reconstruct(At, Bf, idx.to(torch.int32), pos.to(torch.int32), f.float(), backend="triton")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    out = rope_reconstruct(At.to(dev), Bf.to(dev), idx.to(torch.int32).to(dev), pos.to(torch.int32).to(dev),
+                           f.float().to(dev), backend="triton").cpu()
     ref = rope_reconstruct(A, Bf, idx, pos, f.float(), backend="torch")
     assert torch.allclose(out, ref, atol=1e-5)
 

@@ -89,12 +89,14 @@ class PolicyLayer(DynamicLayer):
         self._pending = (key_states, value_states)
         return key_states, value_states
 
-    def get_seq_length(self) -> int:
+    def get_seq_length(self, *_) -> int:
         return self.cumulative_length
 
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+    def get_mask_sizes(self, query_length) -> tuple[int, int]:
         # masks in absolute positions: the layer gathers the columns of the tokens it kept
-        return self.cumulative_length + query_length, 0
+        # (transformers < 5 passes the cache_position tensor of the new tokens instead of their number)
+        q = int(query_length.shape[0]) if isinstance(query_length, torch.Tensor) else int(query_length)
+        return self.cumulative_length + q, 0
 
     def get_max_length(self) -> int:
         return -1
