@@ -13,10 +13,23 @@ import torch
 import triton
 import triton.language as tl
 
-_R2 = math.sqrt(0.5)
+# compile-time constants (Triton reads module globals only when they are tl.constexpr)
+_R2 = tl.constexpr(math.sqrt(0.5))
 # cos/sin of k * 30 degrees, k = 0..5 (the 622 operators, see kernels.misorientation.HEXAGONAL_OPERATORS)
-_C0, _C1, _C2, _C3, _C4, _C5 = (math.cos(k * math.pi / 6) for k in range(6))
-_S0, _S1, _S2, _S3, _S4, _S5 = (math.sin(k * math.pi / 6) for k in range(6))
+_C0, _C1, _C2, _C3, _C4, _C5 = (tl.constexpr(math.cos(k * math.pi / 6)) for k in range(6))
+_S0, _S1, _S2, _S3, _S4, _S5 = (tl.constexpr(math.sin(k * math.pi / 6)) for k in range(6))
+_HALF_PI = tl.constexpr(math.pi / 2)
+_QUARTER_PI = tl.constexpr(math.pi / 4)
+_TAN_PI_8 = tl.constexpr(math.tan(math.pi / 8))
+
+
+@triton.jit
+def _load(ptr, mask, other, F64: tl.constexpr):
+    x = tl.load(ptr, mask=mask, other=other)
+    if F64:
+        return x.to(tl.float64)
+    else:
+        return x.to(tl.float32)
 
 
 @triton.jit
@@ -45,18 +58,14 @@ def _misorientation_kernel(
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     base = offs * 4
-    if F64:
-        dt = tl.float64
-    else:
-        dt = tl.float32
-    a1 = tl.load(q1_ptr + base, mask=mask, other=1.0).to(dt)
-    b1 = tl.load(q1_ptr + base + 1, mask=mask, other=0.0).to(dt)
-    c1 = tl.load(q1_ptr + base + 2, mask=mask, other=0.0).to(dt)
-    d1 = tl.load(q1_ptr + base + 3, mask=mask, other=0.0).to(dt)
-    a2 = tl.load(q2_ptr + base, mask=mask, other=1.0).to(dt)
-    b2 = tl.load(q2_ptr + base + 1, mask=mask, other=0.0).to(dt)
-    c2 = tl.load(q2_ptr + base + 2, mask=mask, other=0.0).to(dt)
-    d2 = tl.load(q2_ptr + base + 3, mask=mask, other=0.0).to(dt)
+    a1 = _load(q1_ptr + base, mask, 1.0, F64)
+    b1 = _load(q1_ptr + base + 1, mask, 0.0, F64)
+    c1 = _load(q1_ptr + base + 2, mask, 0.0, F64)
+    d1 = _load(q1_ptr + base + 3, mask, 0.0, F64)
+    a2 = _load(q2_ptr + base, mask, 1.0, F64)
+    b2 = _load(q2_ptr + base + 1, mask, 0.0, F64)
+    c2 = _load(q2_ptr + base + 2, mask, 0.0, F64)
+    d2 = _load(q2_ptr + base + 3, mask, 0.0, F64)
     # M = q2 * conj(q1)
     a = a2 * a1 + b2 * b1 + c2 * c1 + d2 * d1
     b = b2 * a1 - a2 * b1 - c2 * d1 + d2 * c1
@@ -104,7 +113,7 @@ def _misorientation_kernel(
     den = tl.where(small, x, y)
     r = tl.where(den > 0, num / tl.where(den > 0, den, 1.0), 0.0)
     t = _atan_unit(r)
-    ang = tl.where(small, t, 1.5707963267948966 - t)
+    ang = tl.where(small, t, _HALF_PI - t)
     tl.store(o_ptr + offs, (2.0 * ang).to(o_ptr.dtype.element_ty), mask=mask)
 
 
@@ -113,7 +122,7 @@ def _atan_unit(r):
     """atan(r) for 0 <= r <= 1: range reduction about tan(pi/8) and an odd Taylor series;
     accurate to ~1e-15 in float64 after two reductions, ~1e-7 in float32."""
     # reduce with atan(r) = pi/4 + atan((r - 1) / (r + 1)) for r > tan(pi/8)
-    big = r > 0.41421356237309503
+    big = r > _TAN_PI_8
     z = tl.where(big, (r - 1.0) / (r + 1.0), r)  # |z| <= tan(pi/8)
     # second reduction: atan(z) = 2 atan(z / (1 + sqrt(1 + z^2)))
     z = z / (1.0 + tl.sqrt(1.0 + z * z))  # |z| <= tan(pi/16) ~ 0.199
@@ -130,7 +139,7 @@ def _atan_unit(r):
     p = p * z2 + 1.0 / 5.0
     p = p * z2 - 1.0 / 3.0
     at = 2.0 * (z + z * z2 * p)
-    return tl.where(big, 0.7853981633974483 + at, at)
+    return tl.where(big, _QUARTER_PI + at, at)
 
 
 def triton_misorientation_angle(q1: torch.Tensor, q2: torch.Tensor, group: str) -> torch.Tensor:
