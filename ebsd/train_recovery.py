@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--val-every", type=int, default=250)
     p.add_argument("--val-batches", type=int, default=4)
+    p.add_argument("--tune-volumes", type=int, default=6,
+                   help="validation volumes for choosing the projection weights after training (0: keep defaults)")
     p.add_argument("--smoke", action="store_true", help="tiny model and data, about one minute on a CPU")
     return p
 
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         args.minutes = min(args.minutes, 1.0)
         args.d_model, args.depth, args.heads, args.batch_size, args.tile = 32, 2, 2, 4, 16
         args.volume_shape, args.warmup_steps, args.log_every, args.val_every = (12, 40, 40), 20, 10, 50
-        args.val_batches = 1
+        args.val_batches, args.tune_volumes = 1, min(1, args.tune_volumes)
         if args.workers is None:
             args.workers = 1
     if not 0 <= args.seed < 1000:
@@ -116,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     budget = args.minutes * 60.0
-    reserve = 8.0 if args.smoke else 25.0  # final validation, reference output, saving, plotting
+    # final validation, reference output, projection tuning, saving, plotting
+    reserve = (8.0 + 20.0 * args.tune_volumes) if args.smoke else 25.0 + 8.0 * args.tune_volumes
 
     scfg = SampleConfig(tile=args.tile, context=args.context, volume_shape=tuple(args.volume_shape),
                         grain_size=tuple(args.grain_size), symmetries=tuple(args.symmetries.split(",")))
@@ -215,6 +218,19 @@ def main(argv: list[str] | None = None) -> int:
     save_file({"input": x.cpu().contiguous(), "mask": ref_b["mask"].contiguous(),
                "output": ref_out.cpu().contiguous()}, str(out / "reference.safetensors"))
 
+    inference = dict(DEFAULT_INFERENCE, tile=args.tile, context=args.context)
+    tuning = None
+    if args.tune_volumes > 0:
+        from ebsd.recovery.tune import DEFAULT_GRID, tune_projection
+
+        t0 = time.perf_counter()
+        model.inference_settings = inference
+        best, results = tune_projection(model, n_volumes=args.tune_volumes)
+        inference.update(best)
+        tuning = {"best": best, "grid": DEFAULT_GRID, "results": results, "seconds": round(time.perf_counter() - t0, 1),
+                  "volumes": f"{args.tune_volumes} x (16, 64, 64), seeds VALIDATION_SEED_BASE + k, grain sizes "
+                             "6/10/16, gaps 1/3, twins 0.3, 1 deg noise"}
+        print(f"[tune] projection weights {best} in {tuning['seconds']} s", flush=True)
     wall = time.perf_counter() - t_start
     training = {
         "command": " ".join(["python -m ebsd.train_recovery", *(argv if argv is not None else sys.argv[1:])]),
@@ -227,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         "data_seeds": f"volume seeds TRAIN_SEED_BASE ({TRAIN_SEED_BASE}) + stream * 1000003 + k, stream = seed*1000 + "
                       f"worker; validation stream 999999; held-out (benchmark) seeds < {HELD_OUT_SEED_LIMIT}",
         "reference": "reference.safetensors: input/mask/output of the final model (eval, fp32) on 2 validation windows",
+        "projection_tuning": tuning,
     }
-    inference = dict(DEFAULT_INFERENCE, tile=args.tile, context=args.context)
     model.cpu().save(out, extra={"inference": inference, "training": training, "n_parameters": model.n_parameters})
     (out / "loss_curve.json").write_text(json.dumps(curve, indent=1))
     _plot(curve, out / "loss_curve.png")

@@ -27,12 +27,14 @@ def test_smoke_training_writes_a_reproducible_checkpoint(tmp_path):
     from ebsd.train_recovery import main
 
     out = tmp_path / "ck"
-    assert main(["--out", str(out), "--smoke", "--minutes", "0.4", "--seed", "3"]) == 0
+    assert main(["--out", str(out), "--smoke", "--minutes", "0.6", "--seed", "3"]) == 0
     for name in ("model.safetensors", "config.json", "loss_curve.json", "loss_curve.png", "reference.safetensors"):
         assert (out / name).is_file(), name
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["training"]["seed"] == 3 and "--smoke" in cfg["training"]["command"]
     assert cfg["training"]["steps"] > 0 and cfg["inference"]["context"] == 2
+    tuned = cfg["training"]["projection_tuning"]["best"]
+    assert {k: cfg["inference"][k] for k in tuned} == tuned
     curve = json.loads((out / "loss_curve.json").read_text())
     assert curve["val"] and all(v["mis_deg"] >= 0 for v in curve["val"])
     check_reproduces_reference(out)

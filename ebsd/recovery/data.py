@@ -24,6 +24,8 @@ import torch
 
 # volume seeds for held-out evaluation live in [0, HELD_OUT_SEED_LIMIT); training seeds are >= it
 HELD_OUT_SEED_LIMIT = 1_000_000
+#: seeds [VALIDATION_SEED_BASE, TRAIN_SEED_BASE): validation volumes (choosing the projection weights)
+VALIDATION_SEED_BASE = 1_000_000
 TRAIN_SEED_BASE = 10_000_000
 
 
