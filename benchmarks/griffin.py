@@ -196,7 +196,7 @@ def speed(args, device) -> Table:
                                      compiled=True)
                     base_c = ms if mode == "dense" else base_c
                     ceil = 1.0 if mode == "dense" else dense_b / gr_b
-                    label = mode + (" (compiled)" if batch == 1 else "-shared (compiled)")
+                    label = mode + ("-shared" if (mode == "griffin" and batch > 1) else "") + " (compiled)"
                     table.add([shape, batch, label, ms, batch * 1e3 / ms, base_c / ms, ceil,
                                dense_b / (ms * 1e-3) / 1e9])
                     print(f"[speed] {shape} b{batch} {label}: {ms:.3f} ms/token", flush=True)
