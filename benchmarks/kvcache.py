@@ -417,7 +417,7 @@ def main(argv=None):
     from transformers import AutoModelForCausalLM
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModelForCausalLM.from_pretrained(args.lm, dtype=torch.float32).to(dev).eval()
+    model = AutoModelForCausalLM.from_pretrained(args.lm).to(device=dev, dtype=torch.float32).eval()
     quality(args, model, heldout_stream(args))
     return 0
 

@@ -48,8 +48,8 @@ def _generate(args) -> int:
 
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tok = AutoTokenizer.from_pretrained(args.lm)
-    model = AutoModelForCausalLM.from_pretrained(
-        args.lm, dtype=torch.bfloat16 if dev.type == "cuda" else torch.float32).to(dev).eval()
+    model = AutoModelForCausalLM.from_pretrained(args.lm).to(
+        device=dev, dtype=torch.bfloat16 if dev.type == "cuda" else torch.float32).eval()
     policy = policy_from_args(args, model)
     enc = tok(args.prompt, return_tensors="pt").to(dev)
     with torch.no_grad(), apply(model, policy):

@@ -206,7 +206,7 @@ def run(args) -> int:
     torch.manual_seed(args.seed)
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(args.lm, dtype=dtype).to(dev)
+    model = AutoModelForCausalLM.from_pretrained(args.lm).to(device=dev, dtype=dtype)
     policy = make_policy(args.policy, args.budget, args.sink, args.recent)
     if args.seq <= policy.budget:
         raise SystemExit(f"--seq {args.seq} must exceed the budget {policy.budget}")
