@@ -67,7 +67,7 @@ def main(argv=None) -> int:
         ax.semilogy(e, label=f"kappa = {kappa}")
     ax.set_xlabel("iteration")
     ax.set_ylabel("||X_k - X*||_F / ||X*||_F")
-    ax.set_title(f"ScaledGD tensor RPCA, {shape}, ranks {ranks}, alpha 0.2")
+    ax.set_title(f"ScaledGD tensor RPCA, {shape}, ranks {ranks}, alpha 0.2", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -75,8 +75,8 @@ def main(argv=None) -> int:
     plt.close(fig)
 
     n = 40
-    rank_list = [2, 4, 6] if args.quick else [2, 4, 6, 8, 10]
-    alphas = [0.1, 0.3, 0.5] if args.quick else [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    rank_list = [2, 8, 16] if args.quick else [2, 5, 10, 15, 20]
+    alphas = [0.2, 0.6, 0.8] if args.quick else [0.1, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9]
     trials = 1 if args.quick else 2
     rate = np.zeros((len(rank_list), len(alphas)))
     for i, r in enumerate(rank_list):
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     ax.set_yticks(range(len(rank_list)), [str(r) for r in rank_list])
     ax.set_xlabel("corruption fraction alpha")
     ax.set_ylabel("Tucker rank r (ranks (r, r, r))")
-    ax.set_title(f"success rate (rel. error <= 1e-4), {n}^3, kappa 5, {trials} trials")
+    ax.set_title(f"success rate (rel. error <= 1e-4), {n}^3, kappa 5, {trials} trials", fontsize=9)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     fig.savefig(out / "rpca_phase_transition.png", dpi=120)

@@ -150,7 +150,8 @@ def residual_contractions(
         R = _residual_tensor_zeta(_as3(Y) - X, zt, mode)
         PN, Q = torch.matmul(R, UN), torch.matmul(Up.t(), R)
     else:
-        PN, Q = residual_contract(_as3(Y), _as3(H), UN, Up, float(zeta), mode=mode, backend=backend)
+        zeta = zeta if isinstance(zeta, torch.Tensor) else float(zeta)  # a device tensor: no host sync
+        PN, Q = residual_contract(_as3(Y), _as3(H), UN, Up, zeta, mode=mode, backend=backend)
     return PN.reshape(*Y.shape[:-1], UN.shape[1]), Q.reshape(*Y.shape[:-2], Up.shape[1], Y.shape[-1])
 
 
@@ -177,7 +178,6 @@ def scaledgd_step(
     PN, Q = residual_contractions(Y, factors, core, zeta, mode=mode, backend=backend)
     # small tensors only from here on
     small = "torch"
-    Ut = [U.t() for U in factors]
     # T_i = R x_{j != i} U_j^T  (I_i at mode i, r elsewhere)
     T = []
     for i in range(N - 1):
@@ -187,7 +187,7 @@ def scaledgd_step(
                                 transpose=True, backend=small))
     # core gradient R x_all U^T
     C = multi_mode_product(T[0], [factors[0]], modes=[0], transpose=True, backend=small)
-    W = [Ut[i] @ factors[i] for i in range(N)]  # U_i^T U_i
+    W = [U.t() @ U for U in factors]  # U_i^T U_i
     eye = [torch.eye(w.shape[0], dtype=w.dtype, device=w.device) for w in W]
     new_factors = []
     for i in range(N):
