@@ -217,3 +217,36 @@ def test_tiled_rpca_equals_untiled_on_exactly_low_rank_volume(tmp_path):
     assert np.abs(res[None][0] - res[16][0]).max() <= 1e-3 * np.abs(L).max()
     # the windows are the exact blocks: tile 16, halo 4 on 32 -> cores [0,16), [16,32), windows [0,20), [12,32)
     assert batch.tile_windows(32, 16, 4) == [(0, 16, 0, 20), (16, 32, 12, 32)]
+
+
+def test_ctrl_c_keeps_finished_outputs(tmp_path, monkeypatch):
+    """Ctrl-C after the first finished input: the manifest is written, that output and its sidecar are in
+    place, and the next run does not redo it."""
+    import distributed
+
+    inp, model = _volumes(tmp_path)
+    (inp / "broken.dream3d").unlink()
+    out = tmp_path / "out"
+    real = distributed.as_completed
+
+    def interrupted(futures):
+        for k, f in enumerate(real(futures)):
+            if k == 1:
+                raise KeyboardInterrupt
+            yield f
+
+    monkeypatch.setattr(distributed, "as_completed", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        batch.run("recover", inp, out, workers=2, processes=False, progress=False, model=str(model))
+    recs = json.loads((out / "manifest.json").read_text())["records"]
+    ok = [r for r in recs if r["status"] == "ok"]
+    assert len(ok) == 1 and sum(r["status"] == "interrupted" for r in recs) == 2
+    done = Path(ok[0]["output"])
+    assert done.is_file() and Path(str(done) + ".done.json").is_file()
+    assert load_volume(done).metadata["recovered_slices"] == MISSING
+    monkeypatch.setattr(distributed, "as_completed", real)
+    recs = batch.run("recover", inp, out, workers=2, processes=False, progress=False, model=str(model))
+    by_out = {r["output"]: r for r in recs}
+    assert by_out[str(done)]["status"] == "skipped" and not by_out[str(done)]["attempted"]
+    # the others ran again, or were skipped if their task had finished in the background before the cancel
+    assert all(r["status"] in ("ok", "skipped") for r in recs) and len(list(out.glob("*.recovered.dream3d"))) == 3
