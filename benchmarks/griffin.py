@@ -213,7 +213,9 @@ def load_lm(path, device):
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-    held = np.load(Path(path) / "heldout_tokens.npy").astype(np.int64)
+    from llmeff.lm.train_small_lm import heldout_tokens
+
+    held = heldout_tokens(path).astype(np.int64)
     return model, held
 
 

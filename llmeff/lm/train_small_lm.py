@@ -14,8 +14,12 @@ Steps (all inside the wall-clock budget ``--minutes``, corpus building and savin
    vocab 8192: ~28 M parameters), AdamW, warm-up then cosine decay over the *time* budget, bf16 autocast on
    CUDA, random windows of ``--seq`` tokens from the concatenated training stream;
 4. held-out loss on fixed windows of the held-out stream; model saved in bf16 safetensors shards
-   < 15 MB (``max_shard_size``), tokenizer (``PreTrainedTokenizerFast``), ``heldout_tokens.npy`` (uint16,
-   the held-out stream, for the benchmarks) and ``train_log.json`` (tokens/s, losses, corpus stats).
+   < 15 MB (``max_shard_size``) and the tokenizer (``PreTrainedTokenizerFast``): 8 files at the default
+   size, within what a device run's ``$OUT`` brings back. The training record (tokens/s, held-out loss,
+   loss curve, corpus sources and caps) is stored in ``config.json`` under ``llmeff_train`` and printed as
+   one ``train_log: {...}`` line. ``--save-heldout`` also writes ``heldout_tokens.npy`` (uint16 held-out
+   stream) and ``train_log.json``; without it :func:`heldout_tokens` rebuilds the stream from the same
+   corpus (same machine image: same files, same split).
 
 ``--smoke`` trains a tiny model for a few seconds on a few hundred kB (a CPU test of the whole path).
 """
@@ -96,6 +100,34 @@ def evaluate(model, stream: np.ndarray, seq: int, batch: int, device, max_window
     return tot / cnt
 
 
+def heldout_tokens(model_dir) -> np.ndarray:
+    """The held-out token stream of a model saved by this script: ``heldout_tokens.npy`` when present,
+    else rebuilt from the corpus recorded in ``config.json`` (``llmeff_train.corpus_args``) and the saved
+    tokenizer. The rebuild reads the same files only on a machine with the same Python/site-packages/man
+    pages as the training machine; a warning is printed when the token count differs from the record."""
+    model_dir = Path(model_dir)
+    p = model_dir / "heldout_tokens.npy"
+    if p.is_file():
+        return np.load(p)
+    from tokenizers import Tokenizer
+
+    cfg = json.loads((model_dir / "config.json").read_text())
+    rec = cfg.get("llmeff_train") or {}
+    ca = rec.get("corpus_args")
+    if not ca:
+        raise FileNotFoundError(f"{p} is missing and {model_dir / 'config.json'} has no llmeff_train.corpus_args")
+    corpus = build_corpus(Path(ca["stdlib"]) if ca.get("stdlib") else None, Path(ca["man"]) if ca.get("man") else None,
+                          heldout_frac=ca["heldout_frac"], max_stdlib_mb=ca["max_stdlib_mb"],
+                          max_man_mb=ca["max_man_mb"], site=Path(ca["site"]) if ca.get("site") else None,
+                          max_site_mb=ca["max_site_mb"] if ca.get("site") else 0.0, log=lambda m: None)
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    ids = encode_stream(tok, corpus.heldout)
+    if rec.get("heldout_tokens") not in (None, len(ids)):
+        print(f"warning: rebuilt held-out stream has {len(ids)} tokens, training recorded {rec['heldout_tokens']} "
+              "(different files on this machine)", file=sys.stderr)
+    return ids
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m llmeff.lm.train_small_lm", description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="output folder (created; model + tokenizer + logs)")
@@ -121,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; ~1 min of compiling)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reserve-s", type=float, default=25.0, help="seconds kept for the final eval and save")
+    ap.add_argument("--save-heldout", action="store_true",
+                    help="also write heldout_tokens.npy and train_log.json (by default the folder holds 8 files "
+                    "at the default size: 4 shards, index, config.json (with the training record under "
+                    "'llmeff_train'), tokenizer.json, tokenizer_config.json; the held-out stream is rebuilt "
+                    "from the corpus by llmeff.lm.corpus.heldout_tokens)")
     ap.add_argument("--smoke", action="store_true", help="tiny CPU run of the whole path (seconds)")
     args = ap.parse_args(argv)
 
@@ -198,24 +235,31 @@ def main(argv: list[str] | None = None) -> int:
     log(f"done: {step} steps, {tokens / 1e6:.1f} M tokens in {train_s:.0f} s ({tps:,.0f} tokens/s); "
         f"held-out loss {held_loss:.4f} (ppl {math.exp(held_loss):.2f})")
 
-    from transformers import GenerationConfig, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
-    model.to(torch.bfloat16)
-    model.generation_config = GenerationConfig(bos_token_id=0, eos_token_id=0, pad_token_id=0)
-    model.save_pretrained(out, max_shard_size="14MB", safe_serialization=True)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOT, eos_token=EOT, pad_token=EOT,
-                                   unk_token=None, padding_side="left")
-    fast.save_pretrained(out)
-    np.save(out / "heldout_tokens.npy", held_ids)
+    corpus_args = {"stdlib": corpus.stats.get("stdlib", {}).get("root"), "man": corpus.stats.get("man", {}).get("root"),
+                   "site": corpus.stats.get("site", {}).get("root"), "max_stdlib_mb": args.max_stdlib_mb,
+                   "max_man_mb": args.max_man_mb, "max_site_mb": args.max_site_mb,
+                   "heldout_frac": args.heldout_frac}
     info = {
         "command": " ".join(["python -m llmeff.lm.train_small_lm", *(argv if argv is not None else sys.argv[1:])]),
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
         "params": n_params, "steps": step, "tokens": tokens, "train_seconds": round(train_s, 1),
         "tokens_per_second": round(tps), "heldout_loss": held_loss, "heldout_ppl": math.exp(held_loss),
         "train_tokens": int(len(train_ids)), "heldout_tokens": int(len(held_ids)), "corpus": corpus.stats,
-        "loss_curve": losses, "args": vars(args), "total_seconds": round(time.time() - t_start, 1),
+        "corpus_args": corpus_args, "loss_curve": losses, "total_seconds": round(time.time() - t_start, 1),
     }
-    (out / "train_log.json").write_text(json.dumps(info, indent=2))
+    model.to(torch.bfloat16)
+    model.config.llmeff_train = info              # the training record travels inside config.json
+    model.save_pretrained(out, max_shard_size="14MB", safe_serialization=True)
+    (out / "generation_config.json").unlink(missing_ok=True)   # bos/eos/pad are in config.json
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOT, eos_token=EOT, pad_token=EOT,
+                                   unk_token=None, padding_side="left")
+    fast.save_pretrained(out)
+    if args.save_heldout:
+        np.save(out / "heldout_tokens.npy", held_ids)
+        (out / "train_log.json").write_text(json.dumps(info, indent=2))
+    print("train_log: " + json.dumps({k: v for k, v in info.items() if k != "loss_curve"}), flush=True)
     sizes = sorted((p.stat().st_size for p in out.glob("*.safetensors")), reverse=True)
     log(f"saved to {out} ({len(sizes)} safetensors shard(s), largest {sizes[0] / 1e6:.1f} MB); "
         f"total {time.time() - t_start:.0f} s")
