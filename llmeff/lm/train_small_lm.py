@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     model.to(torch.bfloat16)
     model.config.llmeff_train = info              # the training record travels inside config.json
-    model.save_pretrained(out, max_shard_size="14MB", safe_serialization=True)
+    model.save_pretrained(out, max_shard_size=14_800_000, safe_serialization=True)  # 4 shards < 15 MB
     (out / "generation_config.json").unlink(missing_ok=True)   # bos/eos/pad are in config.json
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOT, eos_token=EOT, pad_token=EOT,
                                    unk_token=None, padding_side="left")
