@@ -462,16 +462,23 @@ def combine_samples(samples: torch.Tensor, scores: torch.Tensor, combine: str = 
 
 
 def caxis_boundary_map(channels: torch.Tensor, threshold_deg: float = 5.0) -> torch.Tensor:
-    """``(H, W)`` bool from EBSD channels ``(9, H, W)``: angle between the headless c-axes of a pixel and its
-    right or lower neighbour above ``threshold_deg`` (what PL can see)."""
+    """``(H, W)`` bool from EBSD channels ``(9, H, W)``, using only what PL can see: the angle between the
+    headless c-axes of a pixel and its right or lower neighbour above ``threshold_deg``, where the c-axis is
+    also taken modulo the mirror ``cz -> -cz`` (PL depends on ``cx^2 - cy^2``, ``cx cy`` and ``cz^2`` only,
+    so a PL-conditioned sample may pick either tilt sign independently in different parts of a grain)."""
     from .data import channels_to_caxis
 
     c = channels_to_caxis(channels[:EBSD_CHANNELS])
     thr = math.cos(math.radians(threshold_deg))
-    b = torch.zeros(c.shape[:2], dtype=torch.bool)
-    b[:, :-1] |= (c[:, :-1] * c[:, 1:]).sum(-1).abs() < thr
-    b[:-1, :] |= (c[:-1] * c[1:]).sum(-1).abs() < thr
-    return b
+
+    def differs(a, b):
+        bm = b * b.new_tensor([1.0, 1.0, -1.0])
+        return torch.maximum((a * b).sum(-1).abs(), (a * bm).sum(-1).abs()) < thr
+
+    out = torch.zeros(c.shape[:2], dtype=torch.bool)
+    out[:, :-1] |= differs(c[:, :-1], c[:, 1:])
+    out[:-1, :] |= differs(c[:-1], c[1:])
+    return out
 
 
 def boundary_map(quaternions, threshold_deg: float = 5.0, symmetry: str = "6/mmm"):
