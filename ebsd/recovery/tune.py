@@ -19,7 +19,7 @@ from .baselines import adjacent_grains
 from .data import VALIDATION_SEED_BASE
 from .projection import project
 
-DEFAULT_GRID = {"spatial_weight": [1.0, 2.0, 4.0, 8.0, 16.0, 32.0], "z_weight": [0.0, 2.0, 5.0, 10.0],
+DEFAULT_GRID = {"spatial_weight": [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0], "z_weight": [0.0, 2.0, 5.0, 10.0, 20.0],
                 "radius": [2, 3]}
 
 
