@@ -12,8 +12,8 @@ UN = torch.randn(n, r, device="cuda", generator=g) * 0.1
 Up = torch.randn(n, r, device="cuda", generator=g) * 0.1
 ref = residual_contract_torch(*(t.double() for t in (Y, H, UN, Up)), 1.0)
 zt = torch.tensor([1.0], device="cuda")
-for prec in ["ieee", "tf32x3", "tf32"]:
-    for cfg in [None, (16, 512, 8), (32, 256, 8), (64, 128, 4), (32, 128, 4), (16, 256, 4), (64, 256, 8)]:
+for prec in ["tf32x3", "ieee"]:
+    for cfg in [None, (16, 512, 8), (64, 128, 4), (32, 128, 4), (64, 256, 8)]:
         try:
             f = lambda: triton_residual_contract(Y, H, UN, Up, zt, "hard", precision=prec, config=cfg)
             out = f()
