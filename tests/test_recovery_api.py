@@ -40,6 +40,14 @@ def test_end_to_end_with_random_model(vol):
     assert vol.metadata.get("recovered_slices") is None  # input untouched
 
 
+def test_details(vol):
+    net = tiny_model()
+    new, details = recover_missing_slices(vol, [5, 6], model=net, progress=False, return_details=True)
+    assert details["recovered_slices"] == [5, 6]
+    dis = details["disagreement_deg"]
+    assert dis.shape == (2, 40, 36) and (dis >= 0).all() and (dis <= 180).all()
+
+
 def test_without_projection_and_auto_detection(vol):
     net = tiny_model()
     raw = recover_missing_slices(vol, None, model=net, project=False, progress=False)

@@ -4,10 +4,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import EBSDValueError
-from ._common import check_missing, filled_volume, gap_neighbours, gap_position, runs
+from ._common import check_missing, filled_volume, gap_neighbours, gap_position, misorientation_deg, runs
 from .baselines import adjacent_grains
 from .model import SliceRecoveryTransformer, load_model, prepare_input
 
@@ -91,7 +92,7 @@ def predict_slices(net: SliceRecoveryTransformer, vol, run: tuple[int, int], mis
 
 
 def recover_missing_slices(vol, missing=None, model="default", project: bool = True, device=None,
-                           batch_size: int = 16, progress: bool = True, **settings):
+                           batch_size: int = 16, progress: bool = True, return_details: bool = False, **settings):
     """Recover missing (or bad) slices of a volume with the axial transformer and the projection step.
 
     Args:
@@ -104,6 +105,10 @@ def recover_missing_slices(vol, missing=None, model="default", project: bool = T
         device: where to run (None: where ``vol`` is). The result lives where ``vol`` is.
         batch_size: tiles per forward pass.
         progress: tqdm bar over tiles.
+        return_details: also return a dict: ``"recovered_slices"`` (sorted list) and ``"disagreement_deg"``,
+            a ``(n_recovered, Y, X)`` float32 numpy array of the misorientation between the network's raw
+            prediction and the projected result (0 without projection): where it is large, the network and
+            the neighbouring grains disagree and the result deserves a look.
         **settings: override inference settings (``tile``, ``overlap``, ``context``, ``threshold_deg``,
             ``radius``, ``spatial_weight``, ``z_weight``).
 
@@ -120,6 +125,8 @@ def recover_missing_slices(vol, missing=None, model="default", project: bool = T
     if not missing:
         new = vol.copy()
         new.metadata.setdefault("recovered_slices", [])
+        if return_details:
+            return new, {"recovered_slices": [], "disagreement_deg": np.zeros((0, *vol.shape[1:]), np.float32)}
         return new
     unknown = set(settings) - set(DEFAULT_INFERENCE)
     if unknown:
@@ -138,12 +145,13 @@ def recover_missing_slices(vol, missing=None, model="default", project: bool = T
 
         bar = tqdm(total=n_tiles * len(rr), desc="recovering slices", unit="tile")
     work = vol.to(device)
-    filled = {}
+    filled, disagreement = {}, {}
     mset = set(missing)
     try:
         for run in rr:
             guess = predict_slices(net, work, run, mset, cfg, batch_size, bar)
             zs = list(range(run[0], run[1] + 1))
+            raw = guess
             if project:
                 lo, hi = gap_neighbours(run, vol.shape[0], mset)
                 grains = adjacent_grains(work, run, lo, hi, cfg["threshold_deg"])
@@ -153,7 +161,13 @@ def recover_missing_slices(vol, missing=None, model="default", project: bool = T
                                     radius=int(cfg["radius"]), spatial_weight=cfg["spatial_weight"],
                                     z_weight=cfg["z_weight"])
             filled.update({z: g.to(vol.device) for z, g in zip(zs, guess)})
+            if return_details:
+                dis = misorientation_deg(raw, guess, vol.symmetry) if project else torch.zeros(raw.shape[:-1])
+                disagreement.update(zip(zs, dis.float().cpu().numpy()))
     finally:
         if bar is not None:
             bar.close()
-    return filled_volume(vol, filled, "transformer+projection" if project else "transformer")
+    new = filled_volume(vol, filled, "transformer+projection" if project else "transformer")
+    if return_details:
+        return new, {"recovered_slices": missing, "disagreement_deg": np.stack([disagreement[z] for z in missing])}
+    return new
