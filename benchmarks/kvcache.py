@@ -71,11 +71,17 @@ def decode_losses(model, policy, ids, prefill):
 
 
 def heldout_stream(args) -> np.ndarray:
-    p = Path(args.lm) / "heldout_tokens.npy"
+    """Held-out tokens: ``--tokens``, else the LM's own held-out stream (``llmeff.lm.train_small_lm.heldout_tokens``:
+    ``heldout_tokens.npy`` or rebuilt from the corpus recorded in its config), else the held-out split of
+    :mod:`llmeff.lm.corpus` through the LM's tokenizer."""
     if args.tokens:
         return np.load(args.tokens).astype(np.int64)
-    if p.is_file():
-        return np.load(p).astype(np.int64)
+    try:
+        from llmeff.lm.train_small_lm import heldout_tokens
+
+        return np.asarray(heldout_tokens(args.lm), dtype=np.int64)
+    except (FileNotFoundError, KeyError, ImportError, ValueError) as exc:
+        print(f"no recorded held-out stream ({exc}); using the corpus held-out split", file=sys.stderr)
     from transformers import AutoTokenizer
 
     from llmeff.lm.corpus import build_corpus

@@ -149,7 +149,12 @@ def token_stream(lm_dir: str, text: list[str] | None, tokens: str | None, max_mb
     else:
         from ..lm.corpus import build_corpus
 
-        docs = build_corpus(max_stdlib_mb=max_mb, max_man_mb=max_mb / 2, log=log).train
+        frac = 0.03  # the held-out fraction the LM was trained with, so its held-out files stay out
+        cfg = Path(lm_dir) / "config.json"
+        if cfg.is_file():
+            frac = (json.loads(cfg.read_text()).get("llmeff_train") or {}).get("corpus_args", {}).get("heldout_frac", frac)
+        mb = max(max_mb, 2.0)  # small caps can leave the held-out side empty, which build_corpus refuses
+        docs = build_corpus(heldout_frac=frac, max_stdlib_mb=mb, max_man_mb=mb / 2, log=log).train
     eos = tok.eos_token_id if tok.eos_token_id is not None else 0
     ids: list[int] = []
     for d in docs:
