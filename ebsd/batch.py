@@ -70,6 +70,7 @@ import socket
 import tempfile
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -489,6 +490,12 @@ def process_one(task: str, inp: str, output: str, params: dict, params_hash: str
     done, failed = Path(str(out) + ".done.json"), Path(str(out) + ".failed.json")
     if torch_threads:
         torch.set_num_threads(int(torch_threads))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        return _process(task, inp, out, done, failed, params, expected_hash, device, rec, t_start, caught)
+
+
+def _process(task, inp, out, done, failed, params, expected_hash, device, rec, t_start, caught) -> dict:
     try:
         stat = input_stat(inp)
         h = input_hash(inp)
@@ -547,7 +554,7 @@ def process_one(task: str, inp: str, output: str, params: dict, params_hash: str
         rec["status"] = "ok"
         rec["seconds"]["total"] = time.perf_counter() - t_start
         _atomic_write_text(done, json.dumps({
-            "input": str(inp), "input_hash": h, "input_stat": stat, "params_hash": params_hash, "task": task,
+            "input": str(inp), "input_hash": h, "input_stat": stat, "params_hash": rec["params_hash"], "task": task,
             "metrics": rec["metrics"], "seconds": rec["seconds"],
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1))
         if failed.exists():
@@ -555,16 +562,20 @@ def process_one(task: str, inp: str, output: str, params: dict, params_hash: str
     except Exception as exc:  # a broken input must not stop the others
         rec["error"] = f"{type(exc).__name__}: {exc}"
         rec["seconds"]["total"] = time.perf_counter() - t_start
+        if done.exists() and rec.get("input_hash") != (_read_json(done) or {}).get("input_hash"):
+            done.unlink()  # the output there is from an older version of this input: no longer up to date
         if _deterministic(exc) and rec.get("input_hash"):
             try:
                 _atomic_write_text(failed, json.dumps({
                     "input": str(inp), "input_hash": rec["input_hash"], "input_stat": input_stat(inp),
-                    "params_hash": params_hash, "error": rec["error"]}, indent=1))
+                    "params_hash": rec["params_hash"], "error": rec["error"]}, indent=1))
             except OSError:
                 pass
         else:
             rec["traceback"] = traceback.format_exc(limit=8)
     rec["seconds"].setdefault("total", time.perf_counter() - t_start)
+    if caught:
+        rec["warnings"] = sorted({f"{w.category.__name__}: {w.message}" for w in caught})[:10]
     return rec
 
 
@@ -700,9 +711,11 @@ def run(task: str, inputs, out_dir, client=None, workers: int | None = None, pat
                 try:
                     rec = fut.result()
                 except Exception as exc:  # the worker died, or the task could not run at all
+                    msg = f"{type(exc).__name__}: {exc}"
+                    if type(exc).__name__ == "KilledWorker":
+                        msg += " (the worker died, often from running out of memory: try tile=N / --tile N, or fewer workers)"
                     rec = {"input": str(paths[i]), "output": str(outs[i]), "status": "failed", "attempted": True,
-                           "error": f"{type(exc).__name__}: {exc}", "seconds": {}, "metrics": {},
-                           "params_hash": phash}
+                           "error": msg, "seconds": {}, "metrics": {}, "params_hash": phash}
                 records[i] = rec
                 write_manifest()
                 if bar is not None:

@@ -107,6 +107,15 @@ def test_cli_three_volumes_one_corrupt_resume(tmp_path):
     assert recs["vol1.dream3d"]["attempted"] and not recs["vol2"]["attempted"]
     assert _mtimes(out)["vol0.recovered.dream3d"] == before["vol0.recovered.dream3d"]
 
+    # an input that breaks after it was processed: failed, its old output no longer counts as up to date
+    (inp / "vol0.dream3d").write_bytes(b"not hdf5")
+    assert main(argv) == 1
+    recs = _manifest(out)
+    assert recs["vol0.dream3d"]["status"] == "failed" and recs["vol0.dream3d"]["attempted"]
+    assert not (out / "vol0.recovered.dream3d.done.json").exists()
+    assert main(argv) == 1
+    assert not _manifest(out)["vol0.dream3d"]["attempted"]  # same broken bytes: reported, not retried
+
 
 def test_api_params_change_reruns_and_info(tmp_path):
     inp, model = _volumes(tmp_path)

@@ -32,6 +32,9 @@ def register(sub) -> None:
                    help="LocalCluster workers as threads of this process instead of processes (lighter)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="an existing dask scheduler, e.g. tcp://host:8786 (the paths must be visible to its workers)")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="torch threads per task (default: CPU cores / workers on a LocalCluster; 1 is often "
+                        "faster for small volumes)")
     p.add_argument("--device", default=None, help="cpu or cuda (per task; default cpu)")
     p.add_argument("--tile", type=int, default=None, help="x-y block size in voxels for large volumes (default: untiled)")
     p.add_argument("--halo", type=int, default=8, help="overlap beyond each block, voxels (default 8)")
@@ -72,7 +75,8 @@ def _run(args) -> int:
         raise EBSDValueError(batch._ENHANCE_MSG)
     records = batch.run(args.task, args.input_dir, args.out, client=args.scheduler, workers=args.workers,
                         pattern=args.pattern, device=args.device, progress=not args.quiet,
-                        processes=not args.threads, retry_failed=args.retry_failed, **params)
+                        processes=not args.threads, retry_failed=args.retry_failed,
+                        torch_threads=args.torch_threads, **params)
     counts = {s: sum(r["status"] == s for r in records) for s in ("ok", "skipped", "failed", "interrupted")}
     print(f"batch {args.task}: {len(records)} volumes: {counts['ok']} ok, {counts['skipped']} skipped (up to date), "
           f"{counts['failed']} failed; manifest {args.out}/manifest.json")
