@@ -189,6 +189,51 @@ class PolicyLayer(DynamicLayer):
         return out
 
 
+    @staticmethod
+    def _attend_rows(q, K, V, mpast, k_new, v_new, mnew, scaling, state=None, sums=False):
+        """Attention of queries ``q`` (B, H, n, D) over cached ``K``/``V`` (B, Hkv, L, D, or None) visible per
+        ``mpast`` (B, Hkv, n, L) bool or None (all), the new ``k_new``/``v_new`` (B, Hkv, n, D) visible per ``mnew``
+        (B, Hkv, n, n), and optionally one extra "virtual token" per query row, ``state(qg) -> (logit, value)``
+        (LESS). Blocks of queries; softmax in float32. Returns (out (B, H, n, D), column sums of the probabilities
+        over queries and grouped heads for the cached and the new tokens (float32; None unless ``sums``))."""
+        B, H, n, D = q.shape
+        hkv = k_new.shape[1]
+        G = H // hkv
+        L = 0 if K is None else K.shape[2]
+        outs = []
+        sc_past = torch.zeros(B, hkv, L, dtype=torch.float32, device=q.device) if sums else None
+        sc_new = torch.zeros(B, hkv, n, dtype=torch.float32, device=q.device) if sums else None
+        for i0 in range(0, n, _QCHUNK):
+            i1 = min(n, i0 + _QCHUNK)
+            nq = i1 - i0
+            qg = q[:, :, i0:i1].reshape(B, hkv, G * nq, D)
+            parts = []
+            if L:
+                lp = (qg @ K.transpose(-1, -2)).float() * scaling
+                if mpast is not None:
+                    lp = lp.masked_fill(~_expand_rows(mpast[:, :, i0:i1], G), _NEG)
+                parts.append(lp)
+            mn = _expand_rows(mnew[:, :, i0:i1], G)
+            parts.append(((qg @ k_new.transpose(-1, -2)).float() * scaling).masked_fill(~mn, _NEG))
+            st = state(qg) if state is not None else None
+            if st is not None:
+                parts.append(st[0])
+            p = torch.softmax(torch.cat(parts, dim=-1), dim=-1)
+            pv = p.to(v_new.dtype)
+            o = pv[..., L : L + n] @ v_new
+            if L:
+                o = o + pv[..., :L] @ V
+            if st is not None:
+                o = o + (p[..., -1:] * st[1].float()).to(o.dtype)
+            outs.append(o.reshape(B, H, nq, D))
+            if sums:
+                if L:
+                    sc_past += p[..., :L].sum(2)
+                sc_new += p[..., L : L + n].masked_fill(~mn, 0.0).sum(2)
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+        return out, sc_past, sc_new
+
+
 class EvictionLayer(PolicyLayer):
     """Keeps at most ``policy.budget`` tokens per (sequence, key-value head); evicted tokens are dropped (and,
     with LESS, folded into a constant-size low-rank state first).
@@ -241,57 +286,19 @@ class EvictionLayer(PolicyLayer):
         self._append_and_evict(k_new, v_new, sc_new, vis_past, vis_new)
         return out
 
-    def _less_state_terms(self, qg_rows, H):
-        """LESS 'virtual token' of each query row: (logit (B,Hkv,Gn,1), value (B,Hkv,Gn,D)), or None."""
-        if self.less_H is None:
-            return None
-        return self.less_maps.state_terms(qg_rows, self.less_H, self.less_z, H)
-
     def _attend_explicit(self, q, k_new, v_new, maskb, scaling):
-        B, H, n, D = q.shape
-        hkv = k_new.shape[1]
-        G = H // hkv
         seen = self.cumulative_length
         L = self.kept_tokens()
-        need = self.evictor.needs_scores
-        mnew_full = self._new_mask(maskb, seen, n, q.device).expand(B, hkv, n, n)
-        mpast_full = _gather_cols(maskb, self.pos) if (maskb is not None and L) else None
-        outs = []
-        sc_past = torch.zeros(B, hkv, L, dtype=torch.float32, device=q.device) if need else None
-        sc_new = torch.zeros(B, hkv, n, dtype=torch.float32, device=q.device) if need else None
-        for i0 in range(0, n, _QCHUNK):
-            i1 = min(n, i0 + _QCHUNK)
-            nq = i1 - i0
-            qg = q[:, :, i0:i1].reshape(B, hkv, G * nq, D)
-            parts, vals = [], []
-            if L:
-                lp = (qg @ self.keys.transpose(-1, -2)).float() * scaling
-                if mpast_full is not None:
-                    lp = lp.masked_fill(~_expand_rows(mpast_full[:, :, i0:i1], G), _NEG)
-                parts.append(lp)
-            ln = (qg @ k_new.transpose(-1, -2)).float() * scaling
-            mn = _expand_rows(mnew_full[:, :, i0:i1], G)
-            ln = ln.masked_fill(~mn, _NEG)
-            parts.append(ln)
-            st = self._less_state_terms(qg, H)
-            if st is not None:
-                parts.append(st[0])
-            p = torch.softmax(torch.cat(parts, dim=-1), dim=-1)
-            pv = p.to(v_new.dtype)
-            o = pv[..., L : L + n] @ v_new
-            if L:
-                o = o + pv[..., :L] @ self.values
-            if st is not None:
-                o = o + (p[..., -1:] * st[1].float()).to(o.dtype)
-            outs.append(o.reshape(B, H, nq, D))
-            if need:
-                if L:
-                    sc_past += p[..., :L].sum(2)
-                sc_new += p[..., L : L + n].masked_fill(~mn, 0.0).sum(2)
-        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
-        vis_past = mpast_full[:, :, -1, :] if mpast_full is not None else None
-        vis_new = mnew_full[:, :, -1, :]
-        return out, sc_past, sc_new, vis_past, vis_new
+        B, hkv, n = k_new.shape[0], k_new.shape[1], q.shape[2]
+        mnew = self._new_mask(maskb, seen, n, q.device).expand(B, hkv, n, n)
+        mpast = _gather_cols(maskb, self.pos) if (maskb is not None and L) else None
+        state = None if self.less_H is None else (
+            lambda qg: self.less_maps.state_terms(qg, self.less_H, self.less_z, q.shape[1]))
+        out, sc_past, sc_new = self._attend_rows(q, self.keys if L else None, self.values if L else None, mpast,
+                                                 k_new, v_new, mnew, scaling, state=state,
+                                                 sums=self.evictor.needs_scores)
+        vis_past = mpast[:, :, -1, :] if mpast is not None else None
+        return out, sc_past, sc_new, vis_past, mnew[:, :, -1, :]
 
     # ---- eviction -----------------------------------------------------------------------------------
     def _append_and_evict(self, k_new, v_new, sc_new, vis_past, vis_new):

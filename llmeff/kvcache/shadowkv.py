@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import LLMEffValueError
-from ._layers import _NEG, _QCHUNK, PolicyLayer, _bool_mask, _expand_rows, _gather_cols
+from ._layers import PolicyLayer, _bool_mask, _gather_cols
 from .base import KVPolicy
 
 
@@ -242,24 +242,7 @@ class ShadowKVLayer(PolicyLayer):
         return out
 
     def _attend_over(self, q, K, V, P, k_new, v_new, maskb, scaling):
-        B, H, n, D = q.shape
-        hk = K.shape[1]
-        G = H // hk
-        L = K.shape[2]
-        seen = self.cumulative_length
+        B, hk, n = k_new.shape[0], k_new.shape[1], q.shape[2]
         mpast = _gather_cols(maskb, P) if maskb is not None else None
-        mnew = self._new_mask(maskb, seen, n, q.device).expand(B, hk, n, n)
-        outs = []
-        for i0 in range(0, n, _QCHUNK):
-            i1 = min(n, i0 + _QCHUNK)
-            nq = i1 - i0
-            qg = q[:, :, i0:i1].reshape(B, hk, G * nq, D)
-            lp = (qg @ K.transpose(-1, -2)).float() * scaling
-            if mpast is not None:
-                lp = lp.masked_fill(~_expand_rows(mpast[:, :, i0:i1], G), _NEG)
-            ln = (qg @ k_new.transpose(-1, -2)).float() * scaling
-            ln = ln.masked_fill(~_expand_rows(mnew[:, :, i0:i1], G), _NEG)
-            p = torch.softmax(torch.cat([lp, ln], dim=-1), dim=-1).to(V.dtype)
-            o = p[..., :L] @ V + p[..., L:] @ v_new
-            outs.append(o.reshape(B, H, nq, D))
-        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+        mnew = self._new_mask(maskb, self.cumulative_length, n, q.device).expand(B, hk, n, n)
+        return self._attend_rows(q, K, V, mpast, k_new, v_new, mnew, scaling)[0]
