@@ -83,7 +83,9 @@ def _residual_contract_kernel(
 
 
 def _config(P: int, I: int, J: int, dtype: torch.dtype, n_sm: int):
-    BJ = min(256 if dtype != torch.float64 else 128, max(16, triton.next_power_of_2(J)))
+    # measured on an H100 (512^3 fp32, r = 10, benchmarks/_tune_rpca_kernel.py): 32 x 128 tiles with 4 warps
+    # 0.89 ms; 32 x 256 with 8 warps 3.6 ms (tf32x3) / 1.2 ms (ieee); 16 x 512 and 64 x 256 exceed shared memory
+    BJ = min(128, max(16, triton.next_power_of_2(J)))
     BI = 32 if dtype != torch.float64 else 16
     nJ = triton.cdiv(J, BJ)
     # enough programs to fill the device (about 4 per SM); chunks are multiples of BI
@@ -106,7 +108,7 @@ def triton_residual_contract(Y, H, UN, Uprev, zeta, mode: str, precision: str | 
     RN, RP = UN.shape[1], Uprev.shape[1]
     n_sm = torch.cuda.get_device_properties(Y.device).multi_processor_count if Y.is_cuda else 8
     BI, BJ, nJ, chunk, n_chunks = _config(P, I, J, Y.dtype, n_sm)
-    num_warps = 8 if BJ >= 256 else 4
+    num_warps = 4
     if config is not None:
         BI, BJ, num_warps = config
         nJ = triton.cdiv(J, BJ)

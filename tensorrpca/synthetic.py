@@ -122,7 +122,7 @@ def synthetic_rpca(
         S[idx] = (torch.rand(n_bad, generator=dgen, dtype=torch.float64, device=X.device) * 2 - 1) * m
     S = S.reshape(shape)
     Y = X + S
-    cast = lambda t: t.to(dtype=dtype, device=device)  # noqa: E731
+    cast = lambda t: t.to(dtype=dtype, device=device).contiguous()  # noqa: E731
     return SyntheticProblem(
         Y=cast(Y), low_rank=cast(X), sparse=cast(S), core=cast(core), factors=[cast(U) for U in factors],
         kappa=float(kappa), alpha=float(alpha),
