@@ -17,8 +17,8 @@ robust statistics that survive a large fraction of gross corruption:
   spectral initialisation: on clean entries ``E = X* - X_0`` (what the threshold must let through), on
   corrupted ones it is large, and the median ignores those.
 
-With a hint ``sparsity = alpha`` (expected corrupted fraction) the medians become the quantiles at level
-``(1 - alpha) / 2`` of the clean part, which keeps the scales unbiased for large ``alpha``.
+With a hint ``sparsity = alpha`` (expected corrupted fraction) the median in ``zeta_1`` becomes the quantile
+at level ``(1 - alpha) / 2``, the median of the clean part, which keeps the scale unbiased for large ``alpha``.
 """
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def hosvd(T: torch.Tensor, ranks: Sequence[int]) -> tuple[list[torch.Tensor], to
     return factors, cur  # type: ignore[return-value]
 
 
-def default_zeta0(Y: torch.Tensor, ranks: Sequence[int], sparsity: float | None = None) -> float:
+def default_zeta0(Y: torch.Tensor, ranks: Sequence[int]) -> float:
     """Estimate of a threshold just above ``max|X*|`` (see the module docstring)."""
     z = float(Y.abs().max())
     if z <= 0:

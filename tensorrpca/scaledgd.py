@@ -336,7 +336,7 @@ def rpca(
         Y: numpy array or torch tensor of order ``N >= 2``, real floating dtype, finite.
         ranks: Tucker ranks ``(r_1, ..., r_N)`` (an int means the same rank for every mode).
         sparsity: optional estimate of the fraction of corrupted entries (in ``[0, 0.5)``); only used to
-            sharpen the data-derived default thresholds.
+            sharpen the data-derived default ``zeta1``.
         max_iter: iteration limit. tol: stop when the relative change of ``X`` is below ``max(tol, 4 eps)``
             (``eps`` of the working dtype).
         step: step size ``eta`` (default 0.5); decay: threshold decay ``rho`` (default 0.9). Both override
@@ -380,7 +380,7 @@ def rpca(
         raise RPCAInputError("Y contains NaN or inf; replace them (e.g. by 0, as gross errors) before calling rpca")
 
     if p.zeta0 is None:
-        p.zeta0 = _init.default_zeta0(Yt, ranks, sparsity)
+        p.zeta0 = _init.default_zeta0(Yt, ranks)
     factors, core = spectral_init(Yt, ranks, p.zeta0, mode=threshold)
     if p.zeta1 is None:
         X0 = tucker_to_tensor(core, factors, backend=backend)
