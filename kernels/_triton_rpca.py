@@ -82,11 +82,11 @@ def _residual_contract_kernel(
              mask=mask_rp[:, None] & mask_j[None, :])
 
 
-def _config(P: int, I: int, J: int, dtype: torch.dtype, n_sm: int):
+def _config(P: int, I: int, J: int, dtype: torch.dtype, n_sm: int, BI: int | None = None, BJ: int | None = None):
     # measured on an H100 (512^3 fp32, r = 10, benchmarks/_tune_rpca_kernel.py): 32 x 128 tiles with 4 warps
     # 0.89 ms; 32 x 256 with 8 warps 3.6 ms (tf32x3) / 1.2 ms (ieee); 16 x 512 and 64 x 256 exceed shared memory
-    BJ = min(128, max(16, triton.next_power_of_2(J)))
-    BI = 32 if dtype != torch.float64 else 16
+    BJ = BJ or min(128, max(16, triton.next_power_of_2(J)))
+    BI = BI or (32 if dtype != torch.float64 else 16)
     nJ = triton.cdiv(J, BJ)
     # enough programs to fill the device (about 4 per SM); chunks are multiples of BI
     want = max(1, (4 * n_sm) // max(1, P * nJ))
@@ -107,15 +107,8 @@ def triton_residual_contract(Y, H, UN, Uprev, zeta, mode: str, precision: str | 
     P, I, J = Y.shape
     RN, RP = UN.shape[1], Uprev.shape[1]
     n_sm = torch.cuda.get_device_properties(Y.device).multi_processor_count if Y.is_cuda else 8
-    BI, BJ, nJ, chunk, n_chunks = _config(P, I, J, Y.dtype, n_sm)
-    num_warps = 4
-    if config is not None:
-        BI, BJ, num_warps = config
-        nJ = triton.cdiv(J, BJ)
-        want = max(1, (4 * n_sm) // max(1, P * nJ))
-        n_chunks = max(1, min(want, triton.cdiv(I, BI)))
-        chunk = triton.cdiv(triton.cdiv(I, n_chunks), BI) * BI
-        n_chunks = triton.cdiv(I, chunk)
+    bi, bj, num_warps = config if config is not None else (None, None, 4)
+    BI, BJ, nJ, chunk, n_chunks = _config(P, I, J, Y.dtype, n_sm, bi, bj)
     if precision is None:
         # fp32: three-pass TF32 on tensor cores (fp32-level accuracy) on GPUs; exact fp32 in the interpreter
         fp32 = "tf32x3" if (Y.is_cuda and torch.cuda.get_device_capability(Y.device)[0] >= 8) else "ieee"
