@@ -208,14 +208,22 @@ def speed(args, device) -> Table:
 
 
 # -- quality ---------------------------------------------------------------------------------------
-def load_lm(path, device):
+def load_lm(path, device, local_heldout: bool = False):
+    """The trained LM and its held-out stream. ``local_heldout``: build the held-out stream from this
+    machine's stdlib files of the held-out split (:func:`llmeff.caprese.local_heldout_tokens`) instead of
+    rebuilding the training machine's corpus (which needs the same files as the training machine)."""
     from transformers import AutoModelForCausalLM
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-    from llmeff.lm.train_small_lm import heldout_tokens
+    if local_heldout:
+        from llmeff.caprese import local_heldout_tokens
 
-    held = heldout_tokens(path).astype(np.int64)
+        held = local_heldout_tokens(path).astype(np.int64)
+    else:
+        from llmeff.lm.train_small_lm import heldout_tokens
+
+        held = heldout_tokens(path).astype(np.int64)
     return model, held
 
 
@@ -250,7 +258,7 @@ def generated_ppl(model, dense_model_fn, prompt, gen_len):
 
 def quality(args, device) -> tuple[Table, dict]:
     if args.lm:
-        model, held = load_lm(args.lm, device)
+        model, held = load_lm(args.lm, device, local_heldout=args.local_heldout)
     else:                                           # smoke without a trained model: random tiny LM
         model = build_random("tiny", device, torch.float32)
         held = np.random.default_rng(0).integers(3, 256, size=20000)
@@ -312,8 +320,13 @@ def main(argv=None) -> int:
     ap.add_argument("--q-cont", type=int, default=64)
     ap.add_argument("--q-gen", type=int, default=32)
     ap.add_argument("--q-n", type=int, default=64)
+    ap.add_argument("--local-heldout", action="store_true",
+                    help="held-out text from this machine's stdlib held-out files (CPU runs on another image)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--out", default=None, help="JSON path (default: results dir / griffin.json)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     if args.smoke:
         args.batches, args.prompt, args.new, args.repeat = [1, 2], 16, 8, 1
