@@ -57,7 +57,6 @@ from torch import nn
 
 from kernels import threshold_residual, tucker_to_tensor
 
-from . import _init
 from .errors import RPCAConvergenceWarning, RPCAInputError
 from .scaledgd import (
     RPCAParams,
@@ -65,6 +64,7 @@ from .scaledgd import (
     _to_kind,
     _validate,
     relative_change,
+    rpca,
     scaledgd_step,
     spectral_init,
 )
@@ -101,6 +101,13 @@ def label_free_loss(Y: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
 def _smooth_gate(D: torch.Tensor, zeta: torch.Tensor, tau: float) -> torch.Tensor:
     """Smooth ``1{|D| <= zeta}``: ``sigmoid((zeta - |D|) / (tau zeta))``."""
     return torch.sigmoid((zeta - D.abs()) / (tau * zeta))
+
+
+def _rpca_init(Yt: torch.Tensor, ranks, zeta0, zeta1, mode: str):
+    """Spectral initialisation and thresholds exactly as :func:`rpca` makes them (it is called with
+    ``max_iter=0``): ``(factors, core, zeta0, zeta1)``; ``None`` thresholds are data-derived."""
+    res = rpca(Yt, ranks, max_iter=0, params={"zeta0": zeta0, "zeta1": zeta1}, threshold=mode)
+    return list(res.factors), res.core, float(res.params.zeta0), float(res.params.zeta1)
 
 
 # -------------------------------------------------------------------------------------------------- model
@@ -262,12 +269,7 @@ class UnfoldedRPCA(nn.Module):
         eta = hp["eta"] if self.per_layer else [hp["eta"]]
         mode = self.threshold
         with torch.no_grad():
-            z0 = hp["zeta0"] if hp["zeta0"] is not None else _init.default_zeta0(Yt, ranks, None)
-            factors, core = spectral_init(Yt, ranks, z0, mode=mode)
-            if hp["zeta1"] is not None:
-                z1 = hp["zeta1"]
-            else:
-                z1 = _init.default_zeta1(Yt, tucker_to_tensor(core, factors), None)
+            factors, core, z0, z1 = _rpca_init(Yt, ranks, hp["zeta0"], hp["zeta1"], mode)
             zetas, etas, zeta_final = self._schedule(n_iter, z1, rho, eta)
             tol_eff = None if tol is None else max(float(tol), 4 * torch.finfo(Yt.dtype).eps)
             history: list[dict] = []
@@ -370,12 +372,11 @@ class UnfoldedRPCA(nn.Module):
         if bool(self.zeta_set.all()):
             return self
         z0s, z1s = [], []
+        hp = self.hyperparameters()
         for Yt in obs:
-            ranks = self.ranks_for(Yt)
-            z0 = float(self.log_zeta0.exp()) if bool(self.zeta_set[0]) else _init.default_zeta0(Yt, ranks, None)
-            f, c = spectral_init(Yt, ranks, z0)
+            _, _, z0, z1 = _rpca_init(Yt, self.ranks_for(Yt), hp["zeta0"], hp["zeta1"], self.threshold)
             z0s.append(z0)
-            z1s.append(_init.default_zeta1(Yt, tucker_to_tensor(c, f), None))
+            z1s.append(z1)
         gm = lambda v: float(np.exp(np.mean(np.log(np.maximum(v, 1e-300)))))  # noqa: E731
         self.set_params({k: gm(v) for k, v, s in (("zeta0", z0s, 0), ("zeta1", z1s, 1)) if not bool(self.zeta_set[s])})
         return self
