@@ -474,7 +474,7 @@ class UnfoldedRPCA(nn.Module):
                         skipped += 1
                         continue
                     opt.step()
-                    losses.append(float(loss))
+                    losses.append(float(loss.detach()))
                 rec = {"epoch": ep + 1, "loss": float(np.mean(losses)) if losses else math.nan, "tau": tau,
                        "skipped": skipped, "time": time.perf_counter() - t0, **self.hyperparameters()}
                 self.fit_history.append(rec)
