@@ -30,8 +30,8 @@ Manifest and resuming
     ``fraction_indexed``), ``input_hash``, ``params_hash``, ``worker``. It is rewritten (atomically) after
     every finished input. Beside each output, ``OUTPUT.done.json`` records the input's content hash (BLAKE2b
     of its bytes; for a folder, of its ``.ang`` files' names and bytes), the input's file sizes and mtimes,
-    and the hash of the task parameters. A later run skips an input when its output and ``.done.json`` exist
-    and both hashes match (files whose size and mtime are unchanged are not read again), so a second run
+    the hash of the task parameters, and the output's size and mtime. A later run skips an input when
+    ``.done.json`` exists, the output is there unchanged, and both hashes match (files whose size and mtime are unchanged are not read again), so a second run
     does no work, and removing one output redoes only that one. Every output, sidecar and the manifest is
     written to a temporary file and renamed into place, so a crash or Ctrl-C loses no finished output.
     A broken input is recorded as ``failed`` with its error and never stops the others. When the error is
@@ -500,8 +500,8 @@ def _process(task, inp, out, done, failed, params, expected_hash, device, rec, t
         stat = input_stat(inp)
         h = input_hash(inp)
         rec["input_hash"] = h
-        if expected_hash is not None and h == expected_hash and out.exists():
-            old = _read_json(done) or {}
+        old = _read_json(done) or {}
+        if expected_hash is not None and h == expected_hash and _output_stat(out) == old.get("output_stat"):
             old.update(input_stat=stat)
             _atomic_write_text(done, json.dumps(old, indent=1))
             rec.update(status="skipped", attempted=False, metrics=old.get("metrics", {}))
@@ -555,6 +555,7 @@ def _process(task, inp, out, done, failed, params, expected_hash, device, rec, t
         rec["seconds"]["total"] = time.perf_counter() - t_start
         _atomic_write_text(done, json.dumps({
             "input": str(inp), "input_hash": h, "input_stat": stat, "params_hash": rec["params_hash"], "task": task,
+            "output_stat": _output_stat(out),
             "metrics": rec["metrics"], "seconds": rec["seconds"],
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1))
         if failed.exists():
@@ -580,6 +581,15 @@ def _process(task, inp, out, done, failed, params, expected_hash, device, rec, t
 
 
 # --------------------------------------------------------------------------------------------- the driver
+def _output_stat(out: Path) -> list | None:
+    """``[size, mtime_ns]`` of an output file (None when absent): a truncated or replaced output is redone."""
+    try:
+        st = out.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
 def _plan(inp: Path, out: Path, params_hash: str, retry_failed: bool) -> tuple[str, dict | None, str | None]:
     """``("skip", sidecar, None)``, ``("failed", sidecar, None)`` or ``("run", None, expected_hash)``."""
     done = _read_json(Path(str(out) + ".done.json"))
@@ -587,7 +597,7 @@ def _plan(inp: Path, out: Path, params_hash: str, retry_failed: bool) -> tuple[s
         stat = input_stat(inp)
     except OSError:
         return "run", None, None
-    if done and out.exists() and done.get("params_hash") == params_hash:
+    if done and _output_stat(out) == done.get("output_stat") and done.get("params_hash") == params_hash:
         if done.get("input_stat") == stat:
             return "skip", done, None
         return "run", None, done.get("input_hash")  # the worker re-hashes; unchanged content -> skipped
@@ -625,12 +635,14 @@ def run(task: str, inputs, out_dir, client=None, workers: int | None = None, pat
         out_dir: output folder (created).
         client: None (a ``LocalCluster`` of ``workers`` workers, closed at the end), a
             ``distributed.Client``, or a scheduler address such as ``"tcp://host:8786"``.
-        workers: LocalCluster workers (default 1). pattern: glob filter of :func:`discover`.
+        workers: LocalCluster workers (default 1; one per core is the fastest layout for many volumes).
+        pattern: glob filter of :func:`discover`.
         device: ``"cuda"``/``"cpu"``/None, passed to the recovery or RPCA of each volume.
         progress: tqdm bar over finished inputs.
         processes: LocalCluster workers as processes (True) or threads of this process (False, lighter).
         retry_failed: try inputs again that failed before with an error of their own (see module docstring).
-        torch_threads: torch threads per task (default: CPU cores / workers on a LocalCluster, else unset).
+        torch_threads: torch threads per task (default: 1 on a LocalCluster, unset on a given cluster).
+            On 2 busy cores, 1 worker x 2 threads ran 2.5x (recovery) to 16x (RPCA) slower than 1 x 1.
         **params: task parameters. recover: ``missing`` (list or None = detect), ``model``, ``project``,
             ``batch_size``, ``tile``, ``halo`` and inference settings (``overlap``, ``radius`` ...).
             rpca: ``field``, ``ranks``, ``max_iter``, ``tol``, ``sparsity``, ``step``, ``decay``,
@@ -696,7 +708,7 @@ def run(task: str, inputs, out_dir, client=None, workers: int | None = None, pat
     n_workers = int(workers or 1)
     cl, cluster = _make_client(client, n_workers, processes, 1)
     if torch_threads is None and cluster is not None:
-        torch_threads = max(1, (os.cpu_count() or 1) // n_workers)
+        torch_threads = 1  # parallelism across volumes; intra-op threads stall on busy cores (benchmarks/batch.py)
     try:
         from distributed import as_completed
 

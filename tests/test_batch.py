@@ -126,6 +126,13 @@ def test_api_params_change_reruns_and_info(tmp_path):
     r2 = batch.run("recover", inp, out, workers=2, processes=False, progress=False, model=str(model),
                    pattern="vol*", project=True)  # other parameters: redone
     assert [(r["status"], r["attempted"]) for r in r2] == [("ok", True)] * 3
+    with open(out / "vol0.recovered.dream3d", "r+b") as f:  # a damaged (truncated) output is redone
+        f.truncate(100)
+    r2b = batch.run("recover", inp, out, workers=2, processes=False, progress=False, model=str(model),
+                    pattern="vol*", project=True)
+    assert [(Path(r["input"]).name, r["status"]) for r in r2b] == [
+        ("vol2", "skipped"), ("vol0.dream3d", "ok"), ("vol1.dream3d", "skipped")]
+    assert load_volume(out / "vol0.recovered.dream3d").metadata["recovered_slices"] == MISSING
     r3 = batch.run("info", inp, out, workers=2, processes=False, progress=False)
     st = {Path(r["input"]).name: r["status"] for r in r3}
     assert st == {"broken.dream3d": "failed", "vol0.dream3d": "ok", "vol1.dream3d": "ok", "vol2": "ok"}

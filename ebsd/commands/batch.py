@@ -27,14 +27,15 @@ def register(sub) -> None:
     p.add_argument("input_dir", metavar="INPUT_DIR", help="folder holding the volumes (searched recursively)")
     p.add_argument("--out", required=True, metavar="OUT_DIR", help="output folder (outputs + manifest.json)")
     p.add_argument("--pattern", default=None, help="glob on the path relative to INPUT_DIR, e.g. '*.dream3d'")
-    p.add_argument("--workers", type=int, default=1, help="LocalCluster workers (default 1; ignored with --scheduler)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="LocalCluster workers, one volume each at a time (default: CPU cores, at most 4; "
+                        "ignored with --scheduler)")
     p.add_argument("--threads", action="store_true",
                    help="LocalCluster workers as threads of this process instead of processes (lighter)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="an existing dask scheduler, e.g. tcp://host:8786 (the paths must be visible to its workers)")
     p.add_argument("--torch-threads", type=int, default=None,
-                   help="torch threads per task (default: CPU cores / workers on a LocalCluster; 1 is often "
-                        "faster for small volumes)")
+                   help="torch threads per task (default 1 on a LocalCluster: parallelism comes from --workers)")
     p.add_argument("--device", default=None, help="cpu or cuda (per task; default cpu)")
     p.add_argument("--tile", type=int, default=None, help="x-y block size in voxels for large volumes (default: untiled)")
     p.add_argument("--halo", type=int, default=8, help="overlap beyond each block, voxels (default 8)")
@@ -73,7 +74,10 @@ def _run(args) -> int:
         params = {}
     else:
         raise EBSDValueError(batch._ENHANCE_MSG)
-    records = batch.run(args.task, args.input_dir, args.out, client=args.scheduler, workers=args.workers,
+    import os
+
+    workers = args.workers or max(1, min(4, os.cpu_count() or 1))
+    records = batch.run(args.task, args.input_dir, args.out, client=args.scheduler, workers=workers,
                         pattern=args.pattern, device=args.device, progress=not args.quiet,
                         processes=not args.threads, retry_failed=args.retry_failed,
                         torch_threads=args.torch_threads, **params)
