@@ -327,20 +327,20 @@ class UnfoldedRPCA(nn.Module):
         if not bool(self.zeta_set.all()):
             raise RPCAInputError("zeta0/zeta1 are data-derived (unset); call fit() or set_params() first")
         z0, z1, rho, eta = self._values()
-        z0, z1, rho, eta = (t.to(Y.dtype) for t in (z0, z1, rho, eta))
+        z0, z1, rho, eta = (t.to(device=Y.device, dtype=Y.dtype) for t in (z0, z1, rho, eta))
         smooth = self.threshold == "hard" and temperature is not None
         inf = math.inf
         if smooth:
             factors, core = spectral_init(Y * _smooth_gate(Y, z0, temperature), self.ranks_for(Y), inf)
         else:
-            factors, core = spectral_init(Y, self.ranks_for(Y), z0 if self.threshold == "soft" else float(z0))
+            factors, core = spectral_init(Y, self.ranks_for(Y), z0 if self.threshold == "soft" else float(z0),
+                                          mode=self.threshold)
         zeta = z1
-        outs = []
-        X = None
+        outs: list[torch.Tensor] = []
         for k in range(self.n_layers):
             j = k if self.per_layer else 0
             if smooth:
-                X = tucker_to_tensor(core, factors, backend="torch")
+                X = outs[-1] if outs else tucker_to_tensor(core, factors, backend="torch")
                 D = Y - X
                 Yg = X + _smooth_gate(D, zeta, temperature) * D  # gated observation
                 factors, core = scaledgd_step(Yg, factors, core, inf, eta[j], mode="hard")

@@ -185,3 +185,12 @@ def test_random_search_starts_from_defaults_and_is_seeded():
     assert a.trials[0]["objective"] == pytest.approx(net.objective(obs), rel=1e-12)
     best = UnfoldedRPCA((3, 3, 3), n_layers=5, params=a.params)
     assert best.objective(obs) == pytest.approx(a.objective, rel=1e-12)
+
+
+def test_soft_threshold_network_trains_through_the_step_itself():
+    p = synthetic_rpca((14, 15, 16), (3, 3, 3), kappa=2, alpha=0.2, seed=7)
+    net = UnfoldedRPCA((3, 3, 3), n_layers=5, threshold="soft").init_from_data([p.Y])
+    Xs = net.unroll(p.Y, temperature=0.1)  # the temperature is ignored for soft thresholding
+    assert max_diff(Xs[-1].detach(), net(p.Y).low_rank) <= 1e-9
+    label_free_loss(p.Y, Xs[-1]).backward()
+    assert float(net.log_zeta1.grad.abs()) > 0 and float(net.logit_eta.grad.abs().sum()) > 0
