@@ -559,6 +559,7 @@ def random_search(
     rho_range: tuple[float, float] = (0.5, 0.99),
     eta_range: tuple[float, float] = (0.1, 0.99),
     threshold: str = "hard",
+    max_seconds: float | None = None,
     progress: bool = False,
 ) -> SearchResult:
     """Random search over ``(zeta0, zeta1, rho, eta)`` minimising the exact label-free objective
@@ -568,6 +569,8 @@ def random_search(
     :meth:`UnfoldedRPCA.fit` starts from); the others draw ``zeta0``, ``zeta1`` log-uniformly within a factor
     ``zeta_range`` of those, ``rho`` and ``eta`` uniformly in their ranges. Each trial costs one exact
     forward pass per observation (a training epoch of :meth:`UnfoldedRPCA.fit` costs about three).
+    ``max_seconds``: also stop (after at least one trial) once this much wall time is spent, e.g. the
+    training time of the model it is compared with.
     """
     if int(n_trials) < 1:
         raise RPCAInputError(f"n_trials must be >= 1, got {n_trials}")
@@ -603,6 +606,8 @@ def random_search(
         if bar is not None:
             bar.update(1)
             bar.set_postfix(best=f"{best[1]:.4g}")
+        if max_seconds is not None and time.perf_counter() - t0 >= max_seconds:
+            break
     if bar is not None:
         bar.close()
     return SearchResult(params=RPCAParams(**best[0]), objective=best[1], trials=trials,
