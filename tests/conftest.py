@@ -17,6 +17,14 @@ if not torch.cuda.is_available():
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+# Load Triton's native module before any test loads Qt: importing it after PyQt6 (napari tests) segfaults
+# in triton/knobs.py (seen with triton 3.9 + PyQt6 6.x; not with PyQt5).
+try:  # pragma: no cover - depends on the environment
+    import triton  # noqa: F401
+    import triton.runtime  # noqa: F401
+except Exception:
+    pass
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 

@@ -11,6 +11,11 @@ def register(sub) -> None:
 
 
 def _run(args) -> int:
+    try:  # load Triton's LLVM before Qt/OpenGL: loading it after Mesa's llvmpipe GL can segfault
+        import triton  # noqa: F401
+        import triton.runtime  # noqa: F401
+    except Exception:
+        pass
     try:
         import napari
     except ImportError as exc:
