@@ -388,35 +388,92 @@ class MultimodalDiffusion:
         out = res.pl.to(torch.float32)
         return out.numpy() if is_np else out
 
-    def grain_boundaries(self, pl, ebsd_low_res=None, scale: int = 4, threshold_deg: float = 5.0,
-                         n_samples: int = 4, seed=0, steps: int = 50, **kw):
-        """Boundary map ``(H, W)`` bool from the sampled EBSD, averaged over the samples (boundary
-        probability >= 0.5). With ``ebsd_low_res`` the samples come from :meth:`super_resolve` and a pixel is
-        on a boundary when its misorientation to the right or lower neighbour exceeds ``threshold_deg``.
-        Without, they come from the PL alone (noise-level-matched replacement), which cannot see rotations
-        about the c-axis, so the criterion is the angle between the (headless) c-axes of neighbours."""
+    def grain_boundaries(self, pl, ebsd_low_res=None, scale: int = 4, threshold_deg: float | None = None,
+                         n_samples: int = 8, seed=0, steps: int = 50, criterion: str = "pl-edges",
+                         median: int = 3, **kw):
+        """Boundary map ``(H, W)`` bool.
+
+        With ``ebsd_low_res`` the samples come from :meth:`super_resolve`; a pixel is on a boundary when its
+        misorientation to the right or lower neighbour exceeds ``threshold_deg`` (default 5) in at least half
+        of the chosen samples.
+
+        Without, the samples come from :meth:`denoise_pl` (the same call, so ``self.last_result`` holds them)
+        and :func:`pl_only_boundaries` turns them into a map with ``criterion``:
+
+        * ``"pl-edges"`` (default): Sobel gradient magnitude of the posterior-mean PL stack, Otsu threshold;
+        * ``"caxis"``: boundaries of the sampled EBSD (channels median-filtered over ``median x median``
+          pixels, then the angle between neighbouring headless c-axes modulo the PL-invisible tilt sign above
+          ``threshold_deg``, default 15), in at least half of the samples. PL cannot see rotations about the
+          c-axis, so neither criterion finds boundaries between grains that share their c-axis.
+        """
         is_np = isinstance(pl, np.ndarray)
         if ebsd_low_res is not None:
             res = self.super_resolve(ebsd_low_res, pl, scale=scale, n_samples=n_samples, seed=seed, steps=steps,
                                      combine="mean", **kw)
-        else:
-            p = self._pl_in(pl)
-            E, C = EBSD_CHANNELS, self.config.channels
-            s_pl = max(2 * estimate_noise_sigma(p), 0.02)
-            meas = [Measurement(Identity(list(range(E, C))), pl_to_model(p)[None], s_pl, "replace")]
-            t0 = time.perf_counter()
-            x = sample(self.unet, self.alphas_cumprod, (n_samples, C, *p.shape[1:]), meas, steps=steps,
-                       generator=self._gen(seed), device=self.device, **kw).cpu()
-            res = self._finish(x, meas, None, "mean", n_samples, t0, {"dy": 0.0, "dx": 0.0, "angle_deg": 0.0}, False)
-        self.last_result = res
-        if ebsd_low_res is not None:
-            maps = [boundary_map(channels_to_quat(s[:EBSD_CHANNELS]), threshold_deg, self.config.symmetry)
+            thr = 5.0 if threshold_deg is None else threshold_deg
+            maps = [boundary_map(channels_to_quat(s[:EBSD_CHANNELS]), thr, self.config.symmetry)
                     for s in res.samples[res.chosen]]
+            b = torch.stack(maps).float().mean(0) >= 0.5
         else:
-            maps = [caxis_boundary_map(s, threshold_deg) for s in res.samples[res.chosen]]
-        probs = torch.stack(maps).float().mean(0)
-        b = probs >= 0.5
+            self.denoise_pl(torch.as_tensor(np.asarray(pl) if not isinstance(pl, torch.Tensor) else pl),
+                            n_samples=n_samples, seed=seed, steps=steps, **kw)
+            res = self.last_result
+            b = pl_only_boundaries(res.samples[res.chosen], criterion,
+                                   15.0 if threshold_deg is None else threshold_deg, median)
+        self.last_result = res
         return b.numpy() if is_np else b
+
+
+def median_filter_channels(x: torch.Tensor, size: int = 3) -> torch.Tensor:
+    """Per-channel ``size x size`` median filter of ``(..., H, W)`` (replicated borders; 1 = unchanged)."""
+    if size <= 1:
+        return x
+    r = size // 2
+    shp = x.shape
+    y = F.pad(x.reshape(-1, 1, *shp[-2:]), (r, r, r, r), mode="replicate")
+    y = F.unfold(y, size)                                   # (N, size^2, H*W)
+    return y.median(dim=1).values.reshape(shp)
+
+
+def sobel_magnitude(img: torch.Tensor) -> torch.Tensor:
+    """Sobel gradient magnitude of ``(C, H, W)`` summed in quadrature over channels -> ``(H, W)``
+    (replicated borders; kernels ``[1, 2, 1] / 4`` x ``[1, 0, -1]``)."""
+    k = img.new_tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]]) / 4
+    y = F.pad(img[:, None].float(), (1, 1, 1, 1), mode="replicate")
+    gx = F.conv2d(y, k.view(1, 1, 3, 3))
+    gy = F.conv2d(y, k.t().reshape(1, 1, 3, 3))
+    return (gx ** 2 + gy ** 2).sum((0, 1)).sqrt()
+
+
+def otsu_threshold(v: torch.Tensor, bins: int = 256) -> float:
+    """Otsu's threshold of the values ``v`` (maximises the between-class variance over ``bins`` levels)."""
+    v = v.flatten().double()
+    lo, hi = float(v.min()), float(v.max())
+    if hi <= lo:
+        return hi
+    hist = torch.histc(v, bins, lo, hi)
+    centres = lo + (torch.arange(bins, dtype=torch.float64) + 0.5) * (hi - lo) / bins
+    w0 = hist.cumsum(0)
+    w1 = hist.sum() - w0
+    m0 = (hist * centres).cumsum(0)
+    mu0 = m0 / w0.clamp_min(1e-12)
+    mu1 = (m0[-1] - m0) / w1.clamp_min(1e-12)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(centres[int(torch.argmax(between[:-1]))])
+
+
+def pl_only_boundaries(samples: torch.Tensor, criterion: str = "pl-edges", threshold_deg: float = 15.0,
+                       median: int = 3) -> torch.Tensor:
+    """Boundary map ``(H, W)`` bool from PL-conditioned posterior samples ``(n, C, H, W)`` (model channels):
+    ``"pl-edges"`` (Sobel magnitude of the posterior-mean PL, Otsu threshold) or ``"caxis"`` (median-filtered
+    sampled EBSD, :func:`caxis_boundary_map` at ``threshold_deg``, majority over samples)."""
+    if criterion == "pl-edges":
+        g = sobel_magnitude(pl_from_model(samples[:, EBSD_CHANNELS:].mean(0)))
+        return g > otsu_threshold(g)
+    if criterion == "caxis":
+        xs = median_filter_channels(samples[:, :EBSD_CHANNELS], median)
+        return torch.stack([caxis_boundary_map(s, threshold_deg) for s in xs]).float().mean(0) >= 0.5
+    raise DiffusionInputError(f"criterion must be 'pl-edges' or 'caxis', got {criterion!r}")
 
 
 def snap_to_lowres(channels: torch.Tensor, lr_quats: torch.Tensor, scale: int, radius: int = 1) -> torch.Tensor:

@@ -177,3 +177,38 @@ def test_enhance_cli(tmp_path, section, tiny):
     assert rc == 0 and np.load(tmp_path / "b.npy").dtype == bool
     assert main(["enhance", "super-resolve", str(tmp_path / "lr.npy"), str(tmp_path / "pl.npy"), "-o", str(out),
                  "--checkpoint", str(ck)]) == 2   # exists, no --overwrite
+
+
+def test_boundary_helpers_match_references():
+    """Median filter, Otsu threshold and the PL-only boundary criteria against scipy / skimage / hand-made maps."""
+    from scipy.ndimage import median_filter
+    from skimage.filters import threshold_otsu
+
+    from diffusion.model import median_filter_channels, otsu_threshold, pl_only_boundaries, sobel_magnitude
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 12, 11, generator=g)
+    np.testing.assert_allclose(median_filter_channels(x, 3).numpy(),
+                               median_filter(x.numpy(), size=(1, 1, 3, 3), mode="nearest"), atol=1e-6)
+    assert torch.equal(median_filter_channels(x, 1), x)
+    v = torch.cat((torch.randn(500, generator=g), 4 + torch.randn(300, generator=g)))
+    assert abs(otsu_threshold(v) - float(threshold_otsu(v.numpy()))) < 0.05
+    # a vertical step: Sobel responds on the two columns either side of it and nowhere else
+    img = torch.zeros(2, 8, 8)
+    img[:, :, 4:] = 1.0
+    m = sobel_magnitude(img)
+    assert float(m[:, :3].abs().max()) == 0 and float(m[:, 5:].abs().max()) == 0 and float(m[:, 3:5].min()) > 0
+    # posterior samples of a two-grain section: both criteria find the boundary column, and only it
+    from diffusion.data import PLConfig, make_pair
+
+    q = torch.zeros(8, 8, 4)
+    q[..., 0] = 1.0                                                  # c-axis along z (dark in PL)
+    q[:, 4:] = torch.tensor([math.cos(0.6), math.sin(0.6), 0.0, 0.0])  # c tilted by 69 deg about x
+    x = make_pair(q, PLConfig())[None].expand(3, -1, -1, -1)
+    truth = torch.zeros(8, 8, dtype=torch.bool)
+    truth[:, 3] = True
+    assert torch.equal(pl_only_boundaries(x, "caxis", 15.0, 3), truth)
+    edges = pl_only_boundaries(x, "pl-edges")
+    assert bool(edges[:, 3:5].all()) and not bool(edges[:, :2].any()) and not bool(edges[:, 6:].any())
+    with pytest.raises(Exception, match="criterion"):
+        pl_only_boundaries(x, "nope")
