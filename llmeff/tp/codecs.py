@@ -12,8 +12,9 @@ with a partial sum ``x_r`` ``(N, D)`` (``N`` tokens, ``D`` hidden features); the
 * ``"ours"``: per-feature ranges calibrated on a little text (:meth:`Codec.observe` over calibration
   forwards, then :meth:`Codec.finalize`); the ``ceil(D * outlier_frac)`` features (default 1/64) with the
   largest calibrated range are sent in bf16, the rest as int4 with static per-feature ranges (asymmetric
-  ``[lo_f, hi_f]``, optionally shrunk by ``clip``) -- the "group" of each scale is one feature across all
-  tokens, so no scale travels with the payload: ``(D - k) * 4 + k * 16`` bits per token,
+  ``[lo_f, hi_f]`` per rank, shrunk per feature by the factor that minimises the int4 error on the
+  calibration data) -- the "group" of each scale is one feature across all tokens, so no scale travels
+  with the payload: ``(D - k) * 4 + k * 16`` bits per token,
   ``4 + 12 / 64 = 4.1875`` bits/value. ``group_size=G`` adds a dynamic bf16 scale per token and group of
   ``G`` int4 features (``16 / G`` more bits/value) for inputs that drift outside the calibrated range.
 
@@ -201,19 +202,25 @@ class OutlierInt4Codec(Codec):
 
     name = "ours"
 
-    def __init__(self, outlier_frac: float = 1 / 64, clip: float = 1.0, group_size: int | None = None,
-                 backend: str | None = None):
+    def __init__(self, outlier_frac: float = 1 / 64, clip: float | str = "mse", group_size: int | None = None,
+                 max_calib_tokens: int = 4096, backend: str | None = None):
         super().__init__(backend)
         if not (0.0 <= outlier_frac < 1.0):
             raise LLMEffValueError(f"outlier_frac must be in [0, 1), got {outlier_frac}")
         if group_size is not None and group_size < 1:
             raise LLMEffValueError(f"group_size must be >= 1 or None, got {group_size}")
+        if not (clip == "mse" or (isinstance(clip, (int, float)) and 0 < clip <= 1)):
+            raise LLMEffValueError(f"clip must be 'mse' or a factor in (0, 1], got {clip!r}")
         self.outlier_frac = outlier_frac
         self.clip = clip
         self.group_size = group_size
+        self.max_calib_tokens = max_calib_tokens
         self.lo = self.hi = None            # (D,) running calibration min / max
+        self._samples: list = []            # calibration rows kept for the MSE clip search
+        self._n_samples = 0
         self.outliers = self.inliers = None
-        self.col_scale = self.col_zero = None
+        self.col_scale = self.col_zero = None            # this rank's (Di,) scales / zero points
+        self.rank_scales = self.rank_zeros = None        # (W, Di): every rank's, for decoding
         self.ready = False
 
     @property
@@ -225,33 +232,75 @@ class OutlierInt4Codec(Codec):
         lo, hi = x2.amin(0), x2.amax(0)
         self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
         self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
+        if self._n_samples < self.max_calib_tokens:
+            take = x2[: self.max_calib_tokens - self._n_samples]
+            self._samples.append(take.clone())
+            self._n_samples += take.shape[0]
+
+    @staticmethod
+    def _mse_clip(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                  grid=(1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per feature, the shrink of ``[lo, hi]`` about its midpoint (from ``grid``) that minimises the
+        int4 round-trip squared error on the calibration rows ``x`` ``(T, Di)``."""
+        mid, half = (lo + hi) / 2, ((hi - lo) / 2).clamp_min(1e-8)
+        best_err = torch.full_like(mid, float("inf"))
+        best = torch.ones_like(mid)
+        for c in grid:
+            h = half * c
+            sc = 2 * h / 15.0
+            q = torch.round((x - (mid - h)) / sc).clamp_(0, 15)
+            err = ((q * sc + (mid - h)) - x).pow(2).sum(0)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best = torch.where(better, torch.full_like(best, c), best)
+        return mid - half * best, mid + half * best
 
     def finalize(self, group=None):
-        """Fix the ranges (shared by all ranks: min/max all-reduced) and choose the outlier features."""
+        """Fix the ranges and choose the outlier features.
+
+        Outliers (shared by all ranks): the top ``outlier_frac`` features by calibrated range (max over
+        ranks). Inlier ranges are per rank (each rank's partial sums have their own distribution): the
+        calibration min/max, shrunk per feature by ``clip`` (``"mse"``: the factor minimising the int4
+        error on the calibration rows); every rank's ranges are all-gathered once so any rank can decode
+        any payload."""
         if self.lo is None:
             raise LLMEffValueError("codec 'ours' was never calibrated: run calibration forwards first "
                                    "(llmeff.tp.calibrate)")
-        lo, hi = self.lo.clone(), self.hi.clone()
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1:
-            dist.all_reduce(lo, op=dist.ReduceOp.MIN, group=group)
-            dist.all_reduce(hi, op=dist.ReduceOp.MAX, group=group)
-        D = lo.shape[0]
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+        rng = self.hi - self.lo
+        if distributed:
+            rng = rng.clone()
+            dist.all_reduce(rng, op=dist.ReduceOp.MAX, group=group)
+        D = rng.shape[0]
         k = min(D - 1, math.ceil(D * self.outlier_frac)) if self.outlier_frac > 0 else 0
-        rng = hi - lo
         order = torch.argsort(rng, descending=True)
         self.outliers = order[:k].sort().values
-        mask = torch.ones(D, dtype=torch.bool, device=lo.device)
+        mask = torch.ones(D, dtype=torch.bool, device=rng.device)
         mask[self.outliers] = False
         self.inliers = torch.nonzero(mask).squeeze(1)
-        lo_i, hi_i = lo[self.inliers] * self.clip, hi[self.inliers] * self.clip
+        lo_i, hi_i = self.lo[self.inliers], self.hi[self.inliers]
+        if self.clip == "mse":
+            xs = torch.cat(self._samples)[:, self.inliers]
+            lo_i, hi_i = self._mse_clip(xs, lo_i, hi_i)
+        else:
+            mid, half = (lo_i + hi_i) / 2, (hi_i - lo_i) / 2 * float(self.clip)
+            lo_i, hi_i = mid - half, mid + half
+        self._samples = []
         mid = (lo_i + hi_i) / 2
         half = ((hi_i - lo_i) / 2).clamp_min(1e-8)
-        lo_i, hi_i = mid - half, mid + half
-        self.col_scale = (hi_i - lo_i) / 15.0
-        self.col_zero = -lo_i / self.col_scale
-        if self.group_size is not None:       # dynamic per-group multiplier: static range maps to [-1, 1]
+        if self.group_size is None:
+            self.col_scale = 2 * half / 15.0
+            self.col_zero = -(mid - half) / self.col_scale
+        else:                                  # dynamic per-group multiplier: static range maps to [-1, 1]
             self.col_scale = half.clone()
             self.col_zero = mid / half          # x / half - mid / half in [-1, 1]
+        sz = torch.stack([self.col_scale, self.col_zero])
+        if distributed:
+            allsz = torch.empty((dist.get_world_size(group),) + tuple(sz.shape), dtype=sz.dtype, device=sz.device)
+            dist.all_gather(list(allsz.unbind(0)), sz.contiguous(), group=group)
+        else:
+            allsz = sz.unsqueeze(0)
+        self.rank_scales, self.rank_zeros = allsz[:, 0].contiguous(), allsz[:, 1].contiguous()
         self.ready = True
 
     def _n_groups(self, Di):
@@ -300,9 +349,14 @@ class OutlierInt4Codec(Codec):
         nq = packed_width(Di, 4)
         out = torch.empty(N, D, dtype=torch.float32, device=payloads.device)
         codes = payloads[..., :nq].contiguous()
+        if W != self.rank_scales.shape[0]:
+            raise LLMEffValueError(f"got {W} payloads, the codec was calibrated with {self.rank_scales.shape[0]} ranks")
         if self.group_size is None:
-            out[:, self.inliers] = dequantize_sum(codes, self.col_scale, self.col_zero, Di, bits=4,
-                                                  backend=self.backend)
+            acc = dequantize_sum(codes[:1], self.rank_scales[0], self.rank_zeros[0], Di, bits=4, backend=self.backend)
+            for w in range(1, W):
+                acc += dequantize_sum(codes[w:w + 1], self.rank_scales[w], self.rank_zeros[w], Di, bits=4,
+                                      backend=self.backend)
+            out[:, self.inliers] = acc
         else:
             from kernels.quant import unpack_reference
 
@@ -311,7 +365,7 @@ class OutlierInt4Codec(Codec):
             q = unpack_reference(codes, Di, 4).float() - 8                                    # (W, N, Di)
             gsc = gs.repeat_interleave(G, -1)[..., :Di]
             y = q * gsc
-            xs = (y + self.col_zero) * self.col_scale
+            xs = (y + self.rank_zeros.unsqueeze(1)) * self.rank_scales.unsqueeze(1)
             acc = xs[0].clone()
             for w in range(1, W):
                 acc += xs[w]
