@@ -13,6 +13,8 @@ _LAZY = {
     "RPCAResult": "tensorrpca.scaledgd",
     "RPCAParams": "tensorrpca.scaledgd",
     "UnfoldedRPCA": "tensorrpca.unfolded",
+    "load_params": "tensorrpca.unfolded",
+    "random_search": "tensorrpca.unfolded",
 }
 
 __all__ = ["RPCAError", "RPCAInputError", "RPCAConvergenceWarning", *_LAZY]
