@@ -17,6 +17,7 @@ from .tucker import mode_product, multi_mode_product, tucker_to_tensor, unfold, 
 from .rope_reconstruct import rope_reconstruct
 from .rpca_fused import residual_contract
 from .misorientation import misorientation_angle
+from .quant import dequantize_sum, packed_width, quantize_pack
 
 __all__ = [
     "KernelBackendError",
@@ -32,4 +33,7 @@ __all__ = [
     "rope_reconstruct",
     "residual_contract",
     "misorientation_angle",
+    "quantize_pack",
+    "dequantize_sum",
+    "packed_width",
 ]
