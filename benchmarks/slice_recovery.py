@@ -9,55 +9,33 @@ consecutive slices in the middle are blanked (``missing_slices``) and recovered.
 slices against the noise-free truth:
 
 * mean misorientation (deg) over the recovered voxels, and the fraction within 5 deg;
-* grain-boundary F1 on each recovered slice: predicted boundaries are in-plane neighbour pairs misoriented
-  by more than 5 deg, true ones are pairs of different truth grains; a boundary pixel counts as matched
-  when the other map has one at the same pixel (``--boundary-tolerance`` pixels; 0 by default), F1 over all recovered slices together.
+* grain-boundary F1 on each recovered slice (:mod:`ebsd.recovery.metrics`): predicted boundaries are
+  in-plane neighbour pairs misoriented by more than 5 deg, true ones are pairs of different truth grains; a
+  boundary pixel counts as matched when the other map has one at the same pixel (``--boundary-tolerance``
+  pixels; 0 by default), F1 over all recovered slices together.
 
 Timing: ``recover_missing_slices`` on one missing slice of a 128 x 128 volume, per slice, on the CPU (all
-torch threads) and on CUDA when present. Writes ``slice_recovery.json`` (``$OUT`` or benchmarks/results/).
+torch threads) and on CUDA when present: wall-clock median, and the process CPU time (which, unlike the wall
+time, does not grow when other jobs share the cores; CPU time / threads is the wall time on idle cores).
+Writes ``slice_recovery.json`` (``$OUT`` or benchmarks/results/).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import Table, results_dir, time_call  # noqa: E402
 
 from ebsd.recovery import BASELINES, load_model, recover_missing_slices  # noqa: E402
-from ebsd.recovery._common import misorientation_deg  # noqa: E402
+from ebsd.recovery.metrics import boundary_counts, f1, misorientation_stats  # noqa: E402
 from ebsd.recovery.data import HELD_OUT_SEED_LIMIT  # noqa: E402
 from ebsd.synthetic import synthetic_volume  # noqa: E402
-
-
-def _pair_boundaries(ids_or_q, symmetry=None, threshold=5.0) -> torch.Tensor:
-    """``(Y, X)`` bool: the voxel differs from its right or lower neighbour (ids, or misorientation)."""
-    Y, X = ids_or_q.shape[:2]
-    b = torch.zeros(Y, X, dtype=torch.bool)
-    if symmetry is None:
-        b[:, :-1] |= ids_or_q[:, :-1] != ids_or_q[:, 1:]
-        b[:-1] |= ids_or_q[:-1] != ids_or_q[1:]
-    else:
-        q = ids_or_q
-        b[:, :-1] |= misorientation_deg(q[:, :-1], q[:, 1:], symmetry) > threshold
-        b[:-1] |= misorientation_deg(q[:-1], q[1:], symmetry) > threshold
-    return b
-
-
-def _dilate(b: torch.Tensor, r: int = 1) -> torch.Tensor:
-    return F.max_pool2d(b[None, None].float(), 2 * r + 1, 1, r)[0, 0] > 0
-
-
-def boundary_counts(pred_q, truth_ids, symmetry, tol=0) -> tuple[int, int, int, int]:
-    """``(matched predicted, predicted, matched true, true)`` boundary pixels of one slice."""
-    pb = _pair_boundaries(pred_q.cpu(), symmetry)
-    tb = _pair_boundaries(truth_ids.cpu())
-    return (int((pb & _dilate(tb, tol)).sum()), int(pb.sum()), int((tb & _dilate(pb, tol)).sum()), int(tb.sum()))
 
 
 def evaluate(method, vol, truth, missing, tol) -> dict:
@@ -65,11 +43,9 @@ def evaluate(method, vol, truth, missing, tol) -> dict:
     out = method(vol, missing)
     dt = time.perf_counter() - t0
     pred = out.quaternions[missing].cpu()
-    clean = truth.clean_quaternions[missing].cpu()
-    err = misorientation_deg(pred, clean, vol.symmetry)
+    stats = misorientation_stats(pred, truth.clean_quaternions[missing], vol.symmetry)
     counts = [boundary_counts(pred[i], truth.grain_ids[z], vol.symmetry, tol) for i, z in enumerate(missing)]
-    return {"err_sum": float(err.sum()), "n": err.numel(), "within5": int((err <= 5).sum()),
-            "bc": [sum(c[k] for c in counts) for k in range(4)], "time_s": dt}
+    return {**stats, "bc": [sum(c[k] for c in counts) for k in range(4)], "time_s": dt}
 
 
 def main(argv=None) -> int:
@@ -125,10 +101,7 @@ def main(argv=None) -> int:
                   f"{args.noise_deg} deg noise", ["method", "missing", "grain size", "mean mis. (deg)",
                                                   "within 5 deg", "boundary F1", "time/vol (s)"])
     for (name, nm, gs), a in acc.items():
-        p = a["bc"][0] / max(1, a["bc"][1])
-        r = a["bc"][2] / max(1, a["bc"][3])
-        f1 = 2 * p * r / max(1e-12, p + r)
-        table.add([name, nm, gs, a["err_sum"] / a["n"], a["within5"] / a["n"], f1, a["time_s"] / args.volumes])
+        table.add([name, nm, gs, a["err_sum"] / a["n"], a["within5"] / a["n"], f1(a["bc"]), a["time_s"] / args.volumes])
     table.print()
     print(table.markdown())
 
@@ -139,10 +112,22 @@ def main(argv=None) -> int:
         for dev in devs:
             m = load_model(ckpt, device=dev) if ckpt else "default"
             v = tv.to(dev)
-            t = time_call(lambda: recover_missing_slices(v, [4], model=m, device=dev, progress=False),
-                          warmup=1, repeat=3 if dev == "cpu" else 10)
-            timing[dev] = {"median_s": t.median, "min_s": t.min, "threads": torch.get_num_threads()}
-            print(f"inference, one 128x128 slice, {dev}: {t.median:.3f} s (median)", flush=True)
+            cpu_s = []
+
+            def once():
+                c0 = time.process_time()
+                recover_missing_slices(v, [4], model=m, device=dev, progress=False)
+                cpu_s.append(time.process_time() - c0)
+
+            load0 = os.getloadavg()[0]
+            t = time_call(once, warmup=1, repeat=3 if dev == "cpu" else 10)
+            cpu_med = sorted(cpu_s[1:])[len(cpu_s[1:]) // 2]
+            timing[dev] = {"median_s": t.median, "min_s": t.min, "threads": torch.get_num_threads(),
+                           "process_cpu_s_median": cpu_med, "loadavg_1min": [load0, os.getloadavg()[0]],
+                           "cpu_count": os.cpu_count()}
+            print(f"inference, one 128x128 slice, {dev}: {t.median:.3f} s wall (median, min {t.min:.3f}), "
+                  f"{cpu_med:.3f} s process CPU time on {torch.get_num_threads()} threads; "
+                  f"1-min load average {load0:.1f} on {os.cpu_count()} cores", flush=True)
     path = table.write_json(results_dir() / args.json, extra={"timing_per_128x128_slice": timing,
                                                               "args": vars(args)})
     print(f"wrote {path}")

@@ -17,7 +17,7 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "data" / "slice_recov
 
 # inference settings used when the checkpoint's config.json does not say (keys of its "inference" entry)
 DEFAULT_INFERENCE = {"tile": 48, "overlap": 8, "context": 2, "threshold_deg": 5.0, "radius": 3,
-                     "spatial_weight": 1.0, "z_weight": 2.0}
+                     "spatial_weight": 1.0, "z_weight": 2.0, "smooth": 0}
 
 _CACHE: dict = {}
 
@@ -110,7 +110,7 @@ def recover_missing_slices(vol, missing=None, model="default", project: bool = T
             prediction and the projected result (0 without projection): where it is large, the network and
             the neighbouring grains disagree and the result deserves a look.
         **settings: override inference settings (``tile``, ``overlap``, ``context``, ``threshold_deg``,
-            ``radius``, ``spatial_weight``, ``z_weight``).
+            ``radius``, ``spatial_weight``, ``z_weight``, ``smooth``).
 
     Returns:
         A new :class:`EBSDVolume`: recovered slices filled and marked valid, CI/IQ the mean of the adjacent
@@ -159,7 +159,7 @@ def recover_missing_slices(vol, missing=None, model="default", project: bool = T
 
                 guess, _ = _project(guess, [gap_position(z, lo, hi) for z in zs], grains, vol.symmetry,
                                     radius=int(cfg["radius"]), spatial_weight=cfg["spatial_weight"],
-                                    z_weight=cfg["z_weight"])
+                                    z_weight=cfg["z_weight"], smooth=int(cfg["smooth"]))
             filled.update({z: g.to(vol.device) for z, g in zip(zs, guess)})
             if return_details:
                 dis = misorientation_deg(raw, guess, vol.symmetry) if project else torch.zeros(raw.shape[:-1])

@@ -10,6 +10,13 @@ the grains found within ``radius`` voxels of ``(y, x)`` in either adjacent slice
 
 and the voxel takes the mean orientation of the cheapest grain. Outputs are therefore orientations of real
 neighbouring grains; the guess only decides which one.
+
+With ``smooth = r > 0`` the costs are aggregated before the choice, as in stereo matching: a candidate is a
+*label* (adjacent slice ``s``, in-plane offset ``(dy, dx)``: "copy the grain of slice ``s`` shifted by
+``(dy, dx)``"), and each label's cost map is averaged over the ``(2r+1) x (2r+1)`` window around the voxel.
+A voxel whose own guess is ambiguous then follows its neighbours' choice, which removes the speckle of
+isolated flips between the grain below and the grain above (spurious boundaries) while a real change of
+label along a grain boundary of the guess still moves the boundary.
 """
 from __future__ import annotations
 
@@ -17,8 +24,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..orientation import align_to_reference, reduce_to_fundamental_zone, segment_grains
-from ._common import misorientation_deg
+import torch.nn.functional as F
+
+from ..orientation import quat_conjugate, quat_multiply, reduce_to_fundamental_zone, segment_grains
+from ._common import cos_half_misorientation, symmetry_operators
 
 
 @dataclass
@@ -40,14 +49,28 @@ def grain_means(q: torch.Tensor, labels: torch.Tensor, n: int, symmetry: str, n_
     lab = labels.reshape(-1)
     keep = lab >= 0
     lab, qv = lab[keep], q.reshape(-1, 4)[keep]
+    if n == 0:
+        return torch.zeros(0, 4, dtype=q.dtype, device=q.device)
     first = torch.full((n,), lab.numel(), dtype=torch.long, device=q.device)
     first.scatter_reduce_(0, lab, torch.arange(lab.numel(), device=q.device), reduce="amin")
     ref = qv[first]
+    ops = symmetry_operators(symmetry, qv)
     for _ in range(n_iter):
-        aligned = align_to_reference(qv, ref[lab], symmetry)
+        aligned = _align(qv, ref[lab], ops)
         s = torch.zeros(n, 4, dtype=q.dtype, device=q.device).index_add_(0, lab, aligned)
         ref = s / s.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     return reduce_to_fundamental_zone(ref, symmetry)
+
+
+def _align(q: torch.Tensor, ref: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
+    """The equivalent ``+-s q`` (``s`` in ``ops (N, 4)``) closest to ``ref``; ``q``, ``ref``: ``(M, 4)``.
+    Same result as :func:`ebsd.orientation.align_to_reference`, with two quaternion products per row
+    instead of ``N`` (``<ref, s q> = <conj(s), q conj(ref)>``: one ``(M, 4) x (4, N)`` matmul picks ``s``)."""
+    d = quat_multiply(q, quat_conjugate(ref)) @ quat_conjugate(ops).T  # (M, N)
+    k = d.abs().argmax(-1)
+    best = quat_multiply(ops[k], q)
+    sign = torch.gather(d, 1, k[:, None])
+    return torch.where(sign < 0, -best, best)
 
 
 def neighbour_grains(slices: list[tuple[torch.Tensor, torch.Tensor | None, float]], symmetry: str,
@@ -80,10 +103,20 @@ def _shift(lab: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return out
 
 
+def _box_mean(cost: torch.Tensor, r: int) -> torch.Tensor:
+    """Mean of each ``(K, Y, X)`` map over the ``(2r+1)^2`` window (the part inside the image)."""
+    return F.avg_pool2d(cost[:, None], 2 * r + 1, 1, r, count_include_pad=False)[:, 0]
+
+
 def project(guess: torch.Tensor, positions, grains: NeighbourGrains, symmetry: str, radius: int = 3,
-            spatial_weight: float = 1.0, z_weight: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
+            spatial_weight: float = 1.0, z_weight: float = 2.0, smooth: int = 0,
+            invalid_cost: float = 90.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Project guesses ``(G, Y, X, 4)`` for the missing slices at gap positions ``positions`` (``G``
     floats in ``(0, 1)``; 0 is the slice below) onto the neighbouring grains.
+
+    ``smooth``: radius (voxels) of the cost aggregation window (0: none; see the module docstring); while
+    aggregating, a label with no grain at a voxel (unindexed or outside the slice) costs ``invalid_cost``
+    (deg) there, and a label is never chosen where it has no grain itself.
 
     Returns ``(quaternions (G, Y, X, 4), grain index (G, Y, X))``; the index is into ``grains.means``, -1
     where no candidate lies within ``radius`` (those voxels keep their guess).
@@ -103,9 +136,13 @@ def project(guess: torch.Tensor, positions, grains: NeighbourGrains, symmetry: s
     zpos = grains.positions.to(pos).repeat_interleave(len(offs))  # (K,)
     ok = cand >= 0
     m = means[cand.clamp_min(0)]  # (K, Y, X, 4)
+    ops = symmetry_operators(symmetry, m)
     for g in range(G):  # one missing slice at a time keeps memory at K * Y * X
-        cost = misorientation_deg(guess[g].unsqueeze(0), m, symmetry)  # (K, Y, X)
+        # misorientation (deg) to every candidate: one product per pair + a (4, N) matmul over the operators
+        cost = torch.rad2deg(2 * torch.acos(cos_half_misorientation(guess[g].unsqueeze(0), m, ops).clamp(max=1.0)))
         cost = cost + (spatial_weight * dist + z_weight * (pos[g] - zpos).abs())[:, None, None]
+        if smooth > 0:
+            cost = _box_mean(torch.where(ok, cost, torch.full_like(cost, invalid_cost)), int(smooth))
         cost = torch.where(ok, cost, torch.full_like(cost, float("inf")))
         k = cost.argmin(0)  # (Y, X)
         best[g] = torch.gather(cand, 0, k[None]).squeeze(0)
