@@ -170,22 +170,16 @@ class SyntheticTruth:
 
 # -------------------------------------------------------------------------------- quaternion helpers
 def _qmul(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Hamilton product ``p (x) q`` of ``(..., 4)`` arrays (broadcasting)."""
-    a1, b1, c1, d1 = np.moveaxis(p, -1, 0)
-    a2, b2, c2, d2 = np.moveaxis(q, -1, 0)
-    return np.stack(
-        (
-            a1 * a2 - b1 * b2 - c1 * c2 - d1 * d2,
-            a1 * b2 + b1 * a2 + c1 * d2 - d1 * c2,
-            a1 * c2 - b1 * d2 + c1 * a2 + d1 * b2,
-            a1 * d2 + b1 * c2 - c1 * b2 + d1 * a2,
-        ),
-        axis=-1,
-    )
+    """Hamilton product ``p (x) q`` of ``(..., 4)`` numpy arrays (:func:`ebsd.orientation.quat_multiply`)."""
+    from .orientation import quat_multiply
+
+    return quat_multiply(torch.from_numpy(np.asarray(p)), torch.from_numpy(np.asarray(q))).numpy()
 
 
 def _qconj(q: np.ndarray) -> np.ndarray:
-    return q * np.array([1.0, -1.0, -1.0, -1.0], dtype=q.dtype)
+    from .orientation import quat_conjugate
+
+    return quat_conjugate(torch.from_numpy(np.asarray(q))).numpy()
 
 
 def _qrotate(q: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -418,24 +412,10 @@ def _grid_points(shape, z_list=None, shift=(0, 0)) -> np.ndarray:
     return np.stack((zz.ravel(), yy.ravel(), xx.ravel()), axis=1)
 
 
-def _boundary_3d(g: np.ndarray) -> np.ndarray:
+def _boundary(g: np.ndarray, axes=(0, 1, 2)) -> np.ndarray:
+    """True where a neighbour along one of ``axes`` carries another label."""
     b = np.zeros(g.shape, dtype=bool)
-    for ax in range(3):
-        if g.shape[ax] < 2:
-            continue
-        sl0 = [slice(None)] * 3
-        sl1 = [slice(None)] * 3
-        sl0[ax] = slice(0, -1)
-        sl1[ax] = slice(1, None)
-        d = g[tuple(sl0)] != g[tuple(sl1)]
-        b[tuple(sl0)] |= d
-        b[tuple(sl1)] |= d
-    return b
-
-
-def _boundary_inplane(g: np.ndarray) -> np.ndarray:
-    b = np.zeros(g.shape, dtype=bool)
-    for ax in (1, 2):
+    for ax in axes:
         if g.shape[ax] < 2:
             continue
         sl0 = [slice(None)] * 3
@@ -620,7 +600,7 @@ def synthetic_volume(
             2 * np.arccos(np.clip(np.abs(np.sum(q_obs[damaged] * q_clean[damaged], -1)), 0, 1)))
 
     # ---- IQ and CI
-    bnd2 = _boundary_inplane(gid_obs)
+    bnd2 = _boundary(gid_obs, axes=(1, 2))
     if Y > 1 or X > 1:
         from scipy.ndimage import gaussian_filter
 
@@ -711,7 +691,7 @@ def synthetic_volume(
             continue
         for end in (0, -1):
             border[np.unique(np.take(gid, [end], axis=ax))] = True
-    bnd3 = _boundary_3d(gid)
+    bnd3 = _boundary(gid)
     # twin boundaries: neighbours sharing a parent
     pid = parent_ids.copy()
     pid[pid < 0] = np.arange(len(pid))[pid < 0] + len(pid)  # absent parent: unique key
