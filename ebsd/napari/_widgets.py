@@ -42,14 +42,10 @@ def parse_indices(text: str) -> list[int]:
 
 
 def contiguous_runs(indices: list[int]) -> list[list[int]]:
-    """``[2, 3, 7]`` -> ``[[2, 3], [7]]``."""
-    runs: list[list[int]] = []
-    for i in sorted(indices):
-        if runs and i == runs[-1][-1] + 1:
-            runs[-1].append(i)
-        else:
-            runs.append([i])
-    return runs
+    """``[2, 3, 7]`` -> ``[[2, 3], [7]]`` (the runs :func:`ebsd.recovery.recover_missing_slices` works in)."""
+    from ..recovery._common import runs
+
+    return [list(range(a, b + 1)) for a, b in runs(indices)]
 
 
 class _LayerPicker(QComboBox):
