@@ -144,6 +144,8 @@ class EnhanceResult:
     chosen: list
     registration: dict
     seconds: float
+    #: ``(n_angles, H, W)`` observed PL (model units) mapped onto the EBSD grid, used by the projection
+    projection_pl: object = None
 
     @property
     def diagnostics(self) -> list[dict]:
@@ -299,8 +301,8 @@ class MultimodalDiffusion:
     def super_resolve(self, ebsd_low_res, pl, scale: int = 4, n_samples: int = 4, seed=0, steps: int = 50,
                       pl_sigma: float | None = None, ebsd_sigma: float = 0.02, guide_sigma: float | None = 0.3,
                       max_shift: float = 2.0, max_rotation: float = 2.0, combine: str = "mean",
-                      method: str = "dds", project: bool = True, pl_mode: str = "prox", progress: bool = False,
-                      **kw) -> EnhanceResult:
+                      method: str = "dds", project: bool = True, pl_mode: str = "prox", pl_weight: float = 8.0,
+                      progress: bool = False, **kw) -> EnhanceResult:
         """EBSD super-resolution with PL.
 
         Args:
@@ -316,8 +318,9 @@ class MultimodalDiffusion:
             combine: ``"mean"`` (average of the better half) or ``"best"``.
             pl_mode: how the PL enters the sampler: ``"prox"`` (proximal data consistency) or ``"replace"``
                 (noise-level-matched replacement, :mod:`diffusion.posterior`).
-            project: snap every pixel to the closest nearby measured orientation (:func:`snap_to_lowres`);
-                ``False`` returns the decoded sampled channels.
+            project: snap every pixel to the nearby measured orientation (:func:`snap_to_lowres`) closest to
+                the mean of all samples and whose physically rendered PL best matches the observed PL
+                (weight ``pl_weight``); ``False`` returns the decoded sampled channels.
 
         Returns:
             :class:`EnhanceResult` with ``.quaternions (H, W, 4)``.
@@ -350,7 +353,12 @@ class MultimodalDiffusion:
                    generator=self._gen(seed), method=method, device=self.device, progress=progress, **kw).cpu()
         res = self._finish(x, meas, (pl_op, pm[None], s_pl), combine, None, t0, reg, False)
         if project:
-            res.quaternions = snap_to_lowres(x[res.chosen].mean(0), ql, scale)
+            obs = pm
+            if any(reg[k] for k in reg):   # undo the estimated misregistration (small angles: negate both)
+                obs = warp(pm[None], (-reg["dy"], -reg["dx"]), -math.radians(reg["angle_deg"]))[0]
+            res.projection_pl = obs
+            res.quaternions = snap_to_lowres(x.mean(0), ql, scale, pl=obs, pl_config=self.config.pl,
+                                             pl_weight=pl_weight)
         if is_np:
             res.quaternions, res.pl = res.quaternions.numpy(), res.pl.numpy()
         return res
@@ -476,12 +484,21 @@ def pl_only_boundaries(samples: torch.Tensor, criterion: str = "pl-edges", thres
     raise DiffusionInputError(f"criterion must be 'pl-edges' or 'caxis', got {criterion!r}")
 
 
-def snap_to_lowres(channels: torch.Tensor, lr_quats: torch.Tensor, scale: int, radius: int = 1) -> torch.Tensor:
+def snap_to_lowres(channels: torch.Tensor, lr_quats: torch.Tensor, scale: int, radius: int = 1, pl=None,
+                   pl_config: PLConfig | None = None, pl_weight: float = 8.0, pl_blur: float = 1.0) -> torch.Tensor:
     """Projection onto the measured orientations: every output pixel takes the low-resolution measurement,
-    among the ``(2 radius + 1)^2`` nearest on the coarse grid, whose EBSD channels are closest (Euclidean,
-    channel space) to the sampled ``channels (9, H, W)``. Returns ``(H, W, 4)`` quaternions. The diffusion
-    sample decides where boundaries run (using the PL); the orientations themselves are the measured ones
-    (exact inside grains that the coarse grid hit)."""
+    among the ``(2 radius + 1)^2`` nearest on the coarse grid, that minimises
+
+        ||e(candidate) - channels||^2 + pl_weight * ||P(candidate) - G * pl||^2
+
+    (sums over channels at that pixel): ``e`` are the EBSD channels, ``channels (9, H, W)`` the (mean) sampled
+    EBSD, ``P`` the noiseless, unblurred PL forward model (:func:`diffusion.data.pl_channels`, model units)
+    of the candidate orientation, ``pl (n_angles, H, W)`` the observed PL in model units on the EBSD grid and
+    ``G`` a Gaussian of ``pl_blur`` pixels (noise suppression). ``pl=None`` drops the PL term. Returns
+    ``(H, W, 4)`` quaternions. The diffusion sample and the physics decide where boundaries run; the
+    orientations themselves are the measured ones (exact inside grains that the coarse grid hit)."""
+    from .pl import gaussian_blur
+
     lr_ch = quat_to_channels(lr_quats)
     H, W = channels.shape[-2:]
     pad_c = F.pad(lr_ch[None], (radius,) * 4, mode="replicate")[0]
@@ -489,6 +506,10 @@ def snap_to_lowres(channels: torch.Tensor, lr_quats: torch.Tensor, scale: int, r
     h, w = lr_quats.shape[:2]
     best_d = torch.full((H, W), float("inf"))
     out = torch.zeros(4, H, W)
+    use_pl = pl is not None and pl_weight > 0
+    if use_pl:
+        pad_p = pl_channels(pad_c[None], pl_config or PLConfig(), blur=False)[0]
+        obs = gaussian_blur(torch.as_tensor(pl, dtype=torch.float32)[None], pl_blur)[0]
 
     def up(t):
         t = t.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
@@ -498,6 +519,8 @@ def snap_to_lowres(channels: torch.Tensor, lr_quats: torch.Tensor, scale: int, r
         for dj in range(2 * radius + 1):
             cand_c = up(pad_c[:, di:di + h, dj:dj + w])
             d = (cand_c - channels[:EBSD_CHANNELS]).pow(2).sum(0)
+            if use_pl:
+                d = d + pl_weight * (up(pad_p[:, di:di + h, dj:dj + w]) - obs).pow(2).sum(0)
             better = d < best_d
             best_d = torch.where(better, d, best_d)
             out = torch.where(better[None], up(pad_q[:, di:di + h, dj:dj + w]), out)

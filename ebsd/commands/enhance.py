@@ -42,7 +42,10 @@ def register(subparsers) -> None:
     b.add_argument("pl", help="(n_angles, H, W) PL stack .npy")
     b.add_argument("--ebsd", default=None, help="(h, w, 4) low-resolution quaternions .npy")
     b.add_argument("--scale", type=int, default=4)
-    b.add_argument("--threshold", type=float, default=5.0, help="boundary misorientation, degrees")
+    b.add_argument("--threshold", type=float, default=None,
+                   help="degrees: misorientation with --ebsd (default 5), c-axis angle for --criterion caxis (15)")
+    b.add_argument("--criterion", choices=("pl-edges", "caxis"), default="pl-edges",
+                   help="PL only: Sobel+Otsu on the posterior-mean PL (default) or the sampled EBSD's c-axes")
     common(b)
 
 
@@ -72,7 +75,7 @@ def run(args) -> int:
         else:
             lr = np.load(args.ebsd) if args.ebsd else None
             result = model.grain_boundaries(np.load(args.pl), ebsd_low_res=lr, scale=args.scale,
-                                            threshold_deg=args.threshold, **kw)
+                                            threshold_deg=args.threshold, criterion=args.criterion, **kw)
     except (DiffusionError, OSError, ValueError) as exc:
         print(f"ebsdtk enhance: error: {exc}", file=sys.stderr)
         return 2
