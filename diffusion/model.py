@@ -22,10 +22,12 @@ by measurement consistency (RMS residual / sigma of every measurement plus the p
 from the sampled EBSD vs the observed PL) and either the best (``combine="best"``) or the mean of the
 better half (``combine="mean"``, channel space, then decoded) is returned.
 
-Projection (super-resolution, ``project=True``): the combined sample decides where the boundaries run; each
-output pixel then takes the closest (in channel space) of the nearby measured low-resolution orientations
-(:func:`snap_to_lowres`), as the projection step of slice recovery does, so orientations inside grains are
-the measured ones.
+Projection (super-resolution, ``project=True``): each output pixel takes one of the nearby measured
+low-resolution orientations (:func:`snap_to_lowres`), the one that is closest (channel space) to the mean of
+all posterior samples and whose physically rendered PL best matches the observed PL (weight ``pl_weight``),
+as the projection step of slice recovery does, so orientations inside grains are the measured ones. On
+held-out sections the PL term alone (no diffusion) already beats nearest/bicubic; the diffusion samples
+improve on it further (``benchmarks/diffusion_tasks.py`` reports both).
 """
 from __future__ import annotations
 
