@@ -99,10 +99,8 @@ def test_unknown_hdf5(tmp_path):
 
 def test_synthetic_with_missing_slice_through_oim_and_h5ebsd(tmp_path):
     """Phase 0 = not indexed in a single-phase stack, even in a slice that holds only phase 0."""
-    try:
-        from ebsd.synthetic import synthetic_volume
-    except Exception:
-        pytest.skip("ebsd.synthetic not available")
+    from ebsd.synthetic import synthetic_volume
+
     vol = synthetic_volume((4, 6, 7), mean_grain_size=3, symmetry="m-3m", seed=3, unindexed_fraction=0.1,
                            missing_slices=[2], spacing=(0.5, 0.25, 0.25))
     assert load_volume(write_oim_h5(tmp_path / "s.h5", vol), z_spacing=0.5).equals(vol, atol=1e-6)
