@@ -86,7 +86,7 @@ def _free_port():
 def results():
     with tempfile.TemporaryDirectory() as d:
         mp.spawn(_worker, args=(_free_port(), d), nprocs=WORLD, join=True)
-        out = [torch.load(os.path.join(d, f"rank{r}.pt")) for r in range(WORLD)]
+        out = [torch.load(os.path.join(d, f"rank{r}.pt"), weights_only=True) for r in range(WORLD)]
     _, ids = _inputs()
     with torch.no_grad():
         ref = tiny_llama()(input_ids=ids).logits
