@@ -12,8 +12,8 @@ Quality (CPU or GPU, a trained causal LM, ``--lm PATH``, any HF causal-LM folder
 Equal memory budgets: each eviction policy keeps ``--budget`` tokens per head; LESS keeps ``budget - d`` tokens
 where ``d`` is its state's size in tokens (R*(D+1) float32 per head vs 2*D model-dtype per token); ShadowKV
 attends to ``budget`` tokens (sparse chunks + outliers + local window) and its device memory is reported.
-Held-out tokens: ``LM/heldout_tokens.npy`` (written by ``llmeff.lm.train_small_lm``), else ``--tokens`` or the
-held-out split of :mod:`llmeff.lm.corpus`.
+Held-out tokens: ``--tokens`` (.npy), else ``--text FILE ...``, else ``LM/heldout_tokens.npy`` (written by
+``llmeff.lm.train_small_lm``), else the held-out split of :mod:`llmeff.lm.corpus`.
 
 System (CUDA, ``--system``): a random-weight Llama with 8B dimensions (hidden 4096, 32 layers, 32 heads,
 8 KV heads, FF 14336, bf16) at ``--context`` tokens: KV bytes per sequence after prefill, the largest batch whose
@@ -76,6 +76,10 @@ def heldout_stream(args) -> np.ndarray:
     :mod:`llmeff.lm.corpus` through the LM's tokenizer."""
     if args.tokens:
         return np.load(args.tokens).astype(np.int64)
+    if args.text:
+        from llmeff.kvcache.train_less import token_stream
+
+        return token_stream(args.lm, args.text, None, 0.0)
     try:
         from llmeff.lm.train_small_lm import heldout_tokens
 
@@ -145,10 +149,11 @@ def quality(args, model, stream, log=print):
     rng = np.random.default_rng(args.seed)
     less = get_less(args, model, stream, log)
     pols = policies_at_budget(args, model, less)
-    # evaluation windows from the second half of the held-out stream (LESS trains on the first half when it
-    # has to train here)
+    # evaluation windows from the second half of the held-out stream when LESS trains here on the first half,
+    # else from all of it
     half = len(stream) // 2
-    ev = stream[half:] if len(stream) - half > args.ppl_len + args.needle_ctx + 10 else stream
+    trained_here = bool(args.less_train_minutes) and not args.less
+    ev = stream[half:] if trained_here and len(stream) - half > args.ppl_len + args.needle_ctx + 10 else stream
     L = args.ppl_len
     starts = rng.integers(0, len(ev) - L - 1, size=args.windows)
     ppl_ids = torch.from_numpy(np.stack([ev[s : s + L] for s in starts])).to(dev)
@@ -193,7 +198,7 @@ def quality(args, model, stream, log=print):
                      "seconds": time.time() - t0}
         log(f"{name}: ppl {ppl:.3f}  needle {acc:.3f}  ({time.time() - t0:.0f} s)")
     table.print()
-    path = table.write_json(results_dir() / "kvcache_quality.json",
+    path = table.write_json(results_dir() / f"kvcache_quality{'_' + args.tag if args.tag else ''}.json",
                             extra={"results": res, "args": vars(args), "token_bytes": tb})
     print(table.markdown())
     print(f"wrote {path}")
@@ -368,6 +373,8 @@ def build_parser():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lm", default=None, help="HF causal LM folder (quality benchmark)")
     ap.add_argument("--tokens", default=None, help="held-out .npy token stream (default LM/heldout_tokens.npy)")
+    ap.add_argument("--text", nargs="*", default=None,
+                    help="held-out plain-text files, tokenised with the LM's tokenizer (EOS between files)")
     ap.add_argument("--policies", nargs="+", default=["full", "streaming", "h2o", "less", "shadowkv"])
     ap.add_argument("--budget", type=int, default=64, help="tokens per head kept (quality)")
     ap.add_argument("--ppl-eval", type=int, default=128, help="perplexity: tokens decoded (and scored) after prefill")
@@ -391,6 +398,7 @@ def build_parser():
     ap.add_argument("--reserve-gib", type=float, default=6.0)
     ap.add_argument("--host-gib", type=float, default=32.0, help="host memory ShadowKV may use for values")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tag", default="", help="quality results file kvcache_quality_TAG.json")
     ap.add_argument("--smoke", action="store_true", help="tiny, seconds, CPU: both parts on random models")
     return ap
 

@@ -235,3 +235,37 @@ def test_import_llmeff_and_kvcache_do_not_import_transformers():
     code = ("import sys, llmeff, llmeff.kvcache; from llmeff.kvcache import H2O, StreamingLLM; "
             "H2O(8); assert 'transformers' not in sys.modules, 'transformers imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_less_training_loss_targets_the_models_attention_output():
+    """train_less.layer_loss compares against the exact attention output as o_proj sees it (B, T, H*D): the
+    reference target is taken by a hook on o_proj, independent of the capture's (B, H, T, D) layout."""
+    import torch.nn.functional as F
+
+    from llmeff.kvcache.less import keep_masks, less_attention
+    from llmeff.kvcache.train_less import capture_attention, layer_loss
+
+    m = tiny()
+    base = StreamingLLM(window=10, sink=2)
+    less = LESS.untrained(base, m, seed=1)
+    T = 32
+    ids = torch.randint(0, V, (2, T), generator=torch.Generator().manual_seed(5))
+    seen = []
+    att = m.model.layers[0].self_attn
+    h = att.o_proj.register_forward_pre_hook(lambda mod, a: seen.append(a[0].detach().clone()))
+    try:
+        with torch.no_grad(), capture_attention(m) as rec:
+            m(input_ids=ids, use_cache=False)
+    finally:
+        h.remove()
+    with torch.no_grad():
+        got = float(layer_loss(base, less.maps[0], rec[0]))
+        _, q, k, v, _, s = rec[0]
+        B, H, _, D = q.shape
+        par = less_attention(q, k, v, keep_masks(base, q.new_empty(B, H, T, T), k.shape[1]), less.maps[0], s)
+        rows = slice(base.budget, T)
+        y = att.o_proj(par.transpose(1, 2).reshape(B, T, H * D))[:, rows]
+        tgt = att.o_proj(seen[0])[:, rows]
+        want = float(F.mse_loss(y, tgt) / tgt.pow(2).mean())
+    assert 0 < want < 1  # a real, finite discrepancy (evicted tokens approximated)
+    assert got == pytest.approx(want, rel=1e-4)

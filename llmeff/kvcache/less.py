@@ -61,6 +61,9 @@ class LESSMaps(nn.Module):
         self.psi_b2 = nn.Parameter(torch.zeros(Hk, R))
         self.psi_mix = rnd(Hk, R, R, std=R ** -0.5)
         self.psi_mix_scale = nn.Parameter(torch.full((Hk,), float(mix_scale)))
+        # learned per key-value head log-scale of psi (natural log, starts at 0 = unscaled): one parameter that
+        # moves the state's total mass against the kept tokens' exp-logit mass
+        self.psi_log_scale = nn.Parameter(torch.zeros(Hk))
 
     @property
     def rank(self) -> int:
@@ -74,7 +77,7 @@ class LESSMaps(nn.Module):
         """(B, Hkv, n, D) -> (B, Hkv, n, R) float32, >= 0."""
         g = _mlp(k.float(), self.psi_w1, self.psi_b1, self.psi_w2, self.psi_b2)
         mix = torch.einsum("bhnr,hrs->bhns", g, self.psi_mix) * self.psi_mix_scale[None, :, None, None]
-        return (g + mix).abs()
+        return (g + mix).abs() * self.psi_log_scale.exp()[None, :, None, None]
 
     def state_terms(self, qg: torch.Tensor, Hs: torch.Tensor, z: torch.Tensor, num_heads: int):
         """The state's virtual token for grouped query rows ``qg`` (B, Hkv, G*n, D): logit (B, Hkv, G*n, 1) and
@@ -191,7 +194,12 @@ class LESS(KVPolicy):
         for key, c in cfg["layers"].items():
             i = int(key)
             m = LESSMaps(c["num_heads"], c["num_kv_heads"], c["head_dim"], rank=c["rank"], hidden=c["hidden"])
-            sd = {n: tensors[f"layers.{i}.{n}"] for n, _ in m.named_parameters()}
+            # psi_log_scale came later: older files lack it (its default 0 reproduces them)
+            sd = {n: tensors.get(f"layers.{i}.{n}", p.detach() if n == "psi_log_scale" else None)
+                  for n, p in m.named_parameters()}
+            missing = [n for n, t in sd.items() if t is None]
+            if missing:
+                raise LLMEffValueError(f"{w_p}: layer {i} lacks {missing}; re-save the maps with LESS.save")
             m.load_state_dict(sd)
             maps[i] = m
         if base is None:

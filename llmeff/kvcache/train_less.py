@@ -94,7 +94,7 @@ def layer_loss(policy: EvictionPolicy, maps, rec_item) -> torch.Tensor:
     o = less_attention(q, k, v, keep, maps, s)
     rows = slice(policy.budget, T)  # queries that have evicted tokens
     y = _o_proj(module, o.transpose(1, 2).reshape(B, T, H * D)[:, rows])
-    tgt = _o_proj(module, out.float().reshape(B, T, H * D)[:, rows])
+    tgt = _o_proj(module, out.float().transpose(1, 2).reshape(B, T, H * D)[:, rows])  # out is (B, H, T, D)
     return F.mse_loss(y, tgt) / tgt.pow(2).mean().clamp_min(1e-12)
 
 
