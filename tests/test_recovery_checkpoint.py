@@ -41,15 +41,13 @@ def test_smoke_training_writes_a_reproducible_checkpoint(tmp_path):
 
 
 def test_bundled_checkpoint_reproduces_training_output():
-    if not (DEFAULT_CHECKPOINT / "model.safetensors").is_file():
-        pytest.skip("no bundled checkpoint in data/slice_recovery yet (trained on the GPU, then committed)")
+    assert (DEFAULT_CHECKPOINT / "model.safetensors").is_file(), f"the bundled checkpoint is missing from {DEFAULT_CHECKPOINT}"
     check_reproduces_reference(DEFAULT_CHECKPOINT)
 
 
 @pytest.mark.parametrize("missing", [[8], [7, 8, 9]])
 def test_bundled_checkpoint_beats_slerp(missing):
-    if not (DEFAULT_CHECKPOINT / "model.safetensors").is_file():
-        pytest.skip("no bundled checkpoint in data/slice_recovery yet (trained on the GPU, then committed)")
+    assert (DEFAULT_CHECKPOINT / "model.safetensors").is_file(), f"the bundled checkpoint is missing from {DEFAULT_CHECKPOINT}"
     from ebsd.recovery import recover_missing_slices, slerp_neighbours
     from ebsd.recovery._common import misorientation_deg
     from ebsd.synthetic import synthetic_volume
