@@ -159,3 +159,30 @@ def test_slab_reading_matches(tmp_path, monkeypatch):
     p = save_volume(vol, tmp_path / "v.dream3d")
     monkeypatch.setattr(d3, "_SLAB_BYTES", 100)
     assert load_volume(p).equals(vol)
+
+
+def test_saved_files_are_not_private_and_foreign_folders_are_never_replaced(tmp_path):
+    import os
+    import stat
+
+    from ebsd.errors import EBSDFileExistsError, EBSDValueError
+    from ebsd.io import load_volume, save_volume
+    from ebsd.synthetic import synthetic_volume
+
+    v = synthetic_volume(shape=(2, 8, 8), mean_grain_size=4, seed=1)
+    old = os.umask(0o022)
+    try:
+        save_volume(v, tmp_path / "a.dream3d")
+        save_volume(v, tmp_path / "slices", format="ang")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "a.dream3d").st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(tmp_path / "slices").st_mode) == 0o755
+    save_volume(v, tmp_path / "slices", format="ang", overwrite=True)  # our own folder: replaced
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "thesis.txt").write_text("keep")
+    with pytest.raises(EBSDFileExistsError):
+        save_volume(v, tmp_path / "results", format="ang", overwrite=True)
+    assert (tmp_path / "results" / "thesis.txt").read_text() == "keep"
+    with pytest.raises(EBSDValueError):
+        load_volume(tmp_path / "a.dream3d", z_spacing=-1)

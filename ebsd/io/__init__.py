@@ -144,7 +144,9 @@ def load_volume(
 
         vol = read_dream3d(path, container=container, progress=progress)
         if z_spacing is not None:
-            vol.spacing = (float(z_spacing), vol.spacing[1], vol.spacing[2])
+            from ._common import check_z_spacing
+
+            vol.spacing = (check_z_spacing(z_spacing), vol.spacing[1], vol.spacing[2])
         return vol
     if fmt == "h5oim":
         from .h5oim import read_h5oim

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from ..errors import EBSDError, EBSDFormatError
+from ..errors import EBSDError, EBSDFormatError, EBSDValueError
 
 # ---------------------------------------------------------------------------------------------- symmetry
 # EDAX/TSL Laue-group codes of the .ang "Symmetry" header line (EbsdLib AngConstants.h).
@@ -248,3 +248,11 @@ def assemble_volume(*, quaternions: torch.Tensor, phases: torch.Tensor, confiden
     vol.quaternions, vol.phases, vol.confidence, vol.image_quality, vol.valid = (
         quaternions, phases, confidence, image_quality, valid)
     return vol
+
+
+def check_z_spacing(z_spacing) -> float:
+    """``z_spacing`` (micrometres) as a float; :class:`EBSDValueError` unless it is a positive finite number."""
+    if isinstance(z_spacing, bool) or not (isinstance(z_spacing, (int, float)) and math.isfinite(z_spacing)
+                                          and z_spacing > 0):
+        raise EBSDValueError(f"z_spacing must be a positive number of micrometres, got {z_spacing!r}")
+    return float(z_spacing)

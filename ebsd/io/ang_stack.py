@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import EBSDFormatError, EBSDValueError
+from ..errors import EBSDFormatError
 from ..volume import EBSDVolume, Phase
-from ._common import assemble_volume, metadata_to_json, natural_key, progress_bar
+from ._common import check_z_spacing, assemble_volume, metadata_to_json, natural_key, progress_bar
 from .ang import parse_ang, write_ang
 
 __all__ = ["read_ang_stack", "write_ang_folder", "list_ang_files", "SIDECAR"]
@@ -74,9 +74,7 @@ def read_ang_stack(
     Y, X = first.shape
     Z = len(files)
     if z_spacing is not None:
-        if not (isinstance(z_spacing, (int, float)) and math.isfinite(z_spacing) and z_spacing > 0):
-            raise EBSDValueError(f"z_spacing must be a positive number of micrometres, got {z_spacing!r}")
-        dz = float(z_spacing)
+        dz = check_z_spacing(z_spacing)
     elif "spacing" in side:
         try:
             dz = float(side["spacing"][0])

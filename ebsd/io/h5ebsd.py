@@ -25,9 +25,9 @@ import h5py
 import numpy as np
 import torch
 
-from ..errors import EBSDFormatError, EBSDValueError
+from ..errors import EBSDFormatError
 from ..volume import EBSDVolume
-from ._common import assemble_volume, FormatContext, fmt_error, progress_bar
+from ._common import check_z_spacing, assemble_volume, FormatContext, fmt_error, progress_bar
 from .h5oim import check_grid, read_phases, read_slice_into, scalar, undo_phase0
 
 __all__ = ["read_h5ebsd", "is_h5ebsd"]
@@ -101,9 +101,7 @@ def _read(f: h5py.File, path: Path, z_spacing, progress) -> EBSDVolume:
     phase_info = read_phases(path, hdr0, H5EBSD_NAMES["phase_group"], "h5ebsd")
     Z = len(index)
     if z_spacing is not None:
-        if not (isinstance(z_spacing, (int, float)) and math.isfinite(z_spacing) and z_spacing > 0):
-            raise EBSDValueError(f"z_spacing must be a positive number of micrometres, got {z_spacing!r}")
-        dz = float(z_spacing)
+        dz = check_z_spacing(z_spacing)
     elif zres is not None and zres > 0:
         dz = float(zres)
     else:

@@ -27,6 +27,7 @@ import torch
 from ..errors import EBSDFormatError, EBSDValueError
 from ..volume import EBSDVolume, Phase
 from ._common import (
+    check_z_spacing,
     assemble_volume,
     FormatContext, euler_rows_to_quat, fmt_error, laue_from_tsl, natural_key, progress_bar, resolve_phase0,
 )
@@ -266,9 +267,7 @@ def _read(f, path, scan, z_spacing, progress) -> EBSDVolume:
             if d[k].size != nrows * ncols:
                 raise fmt_error(path, f"{d.name}/{k} has {d[k].size} values, expected nRows x nColumns = {nrows * ncols}")
     if z_spacing is not None:
-        if not (isinstance(z_spacing, (int, float)) and math.isfinite(z_spacing) and z_spacing > 0):
-            raise EBSDValueError(f"z_spacing must be a positive number of micrometres, got {z_spacing!r}")
-        dz = float(z_spacing)
+        dz = check_z_spacing(z_spacing)
     else:
         dz = dx
         if Z > 1:
