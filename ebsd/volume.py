@@ -55,6 +55,9 @@ class EBSDVolume:
         phase_info: ``{phase id: Phase}``.
         valid: ``(Z, Y, X)`` bool, True where the voxel is indexed and trusted.
         metadata: free-form provenance (``source``, ``format``, header lines, ``recovered_slices`` ...).
+
+    Tensors given as float32 CPU torch tensors, or numpy arrays of the target dtype, are used without a copy
+    (so large volumes are not duplicated); use :meth:`copy` for an independent volume.
     """
 
     quaternions: torch.Tensor
@@ -153,14 +156,14 @@ class EBSDVolume:
         )
 
     def to(self, device) -> "EBSDVolume":
-        """A copy whose tensors live on ``device``."""
+        """A copy whose tensors live on ``device`` (always a copy, also when already there)."""
         return dataclasses.replace(
             self,
-            quaternions=self.quaternions.to(device),
-            phases=self.phases.to(device),
-            confidence=self.confidence.to(device),
-            image_quality=self.image_quality.to(device),
-            valid=self.valid.to(device),
+            quaternions=self.quaternions.to(device, copy=True),
+            phases=self.phases.to(device, copy=True),
+            confidence=self.confidence.to(device, copy=True),
+            image_quality=self.image_quality.to(device, copy=True),
+            valid=self.valid.to(device, copy=True),
             phase_info=copy.deepcopy(self.phase_info),
             metadata=copy.deepcopy(self.metadata),
         )

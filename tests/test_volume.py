@@ -53,3 +53,11 @@ def test_copy_slices_equals_and_symmetry_majority():
     torch.testing.assert_close(s.quaternions, v.quaternions[1:3])
     with pytest.raises(EBSDValueError):
         v.slices(3, 9)
+
+
+def test_to_always_copies():
+    v = EBSDVolume(_q((2, 3, 3), seed=4))
+    w = v.to("cpu")
+    w.confidence[0, 0, 0] = 0.25
+    w.quaternions[0, 0, 0] = torch.tensor([1.0, 0, 0, 0])
+    assert float(v.confidence[0, 0, 0]) == 1.0 and not torch.equal(v.quaternions[0, 0, 0], w.quaternions[0, 0, 0])

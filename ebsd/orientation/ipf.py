@@ -194,6 +194,7 @@ def ipf_colors(q, symmetry, direction=(0.0, 0.0, 1.0), chunk: int = 1 << 16) -> 
     sym = get_symmetry(symmetry)
     q = as_quat(q)
     work = q if q.dtype == torch.float64 else q.to(torch.float32)
+    work = work / work.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # any non-zero scale, as in misorientation_angle
     d = torch.as_tensor(direction, dtype=work.dtype, device=work.device)
     if d.shape != (3,) or not torch.isfinite(d).all() or d.norm() == 0:
         raise EBSDValueError(f"direction must be a non-zero 3-vector, got {direction!r}")

@@ -64,13 +64,18 @@ def check_missing(vol, missing) -> list[int]:
     from ..errors import EBSDValueError
 
     Z = vol.shape[0]
+    if isinstance(missing, (int,)) or (hasattr(missing, "ndim") and getattr(missing, "ndim") == 0):
+        missing = [int(missing)]
     out = set()
-    for m in missing:
-        m = int(m)
+    for given in missing:
+        try:
+            m = int(given)
+        except (TypeError, ValueError):
+            raise EBSDValueError(f"missing slices must be integers, got {given!r}") from None
         if m < 0:
             m += Z
         if not 0 <= m < Z:
-            raise EBSDValueError(f"missing slice {m} is outside the volume's 0..{Z - 1}")
+            raise EBSDValueError(f"missing slice {given} is outside the volume's 0..{Z - 1}")
         out.add(m)
     if len(out) >= Z:
         raise EBSDValueError(f"all {Z} slices are marked missing; at least one known slice is needed")
