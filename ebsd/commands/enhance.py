@@ -79,9 +79,10 @@ def run(args) -> int:
     except (DiffusionError, OSError, ValueError) as exc:
         print(f"ebsdtk enhance: error: {exc}", file=sys.stderr)
         return 2
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.npy")
-    np.save(tmp, np.asarray(result))
-    tmp.replace(out)
+    from ..io._atomic import atomic_file
+
+    with atomic_file(out, overwrite=args.overwrite) as tmp:  # also checked before the work started
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.asarray(result))
     print(f"wrote {out} {tuple(np.asarray(result).shape)}")
     return 0

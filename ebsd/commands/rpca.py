@@ -47,8 +47,6 @@ def _parse_ranks(text: str) -> list[int]:
 
 
 def run(args) -> int:
-    import os
-    import tempfile
     from pathlib import Path
 
     import h5py
@@ -90,10 +88,9 @@ def run(args) -> int:
     except RPCAError as exc:
         raise EBSDValueError(f"{src}:{args.dataset}: {exc}") from None
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
+    from ..io._atomic import atomic_file
+
+    with atomic_file(out, overwrite=args.overwrite) as tmp:  # also checked before the work started
         with h5py.File(tmp, "w") as g:
             g.create_dataset("low_rank", data=res.low_rank, compression="gzip")
             g.create_dataset("sparse", data=res.sparse, compression="gzip")
@@ -106,10 +103,6 @@ def run(args) -> int:
                 "converged": res.converged, "threshold": args.threshold,
                 **{k: v for k, v in vars(res.params).items() if v is not None},
             })
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     nnz = int(np.count_nonzero(res.sparse))
     print(f"rpca: {res.n_iter} iterations ({'converged' if res.converged else 'not converged'}), "
           f"{nnz} entries ({nnz / res.sparse.size:.2%}) flagged sparse; wrote {out}")
