@@ -290,9 +290,15 @@ def _validate(Y, ranks):
         raise RPCAInputError(f"Y must have a real floating dtype (float32/float64), got {dt}; cast it first")
     if Y.size == 0 if kind == "numpy" else Y.numel() == 0:
         raise RPCAInputError(f"Y is empty, shape {tuple(Y.shape)}")
-    if isinstance(ranks, (int, np.integer)):
+    if isinstance(ranks, (int, np.integer)) and not isinstance(ranks, bool):
         ranks = [int(ranks)] * Y.ndim
-    ranks = [int(r) for r in ranks]
+    try:
+        given = list(ranks)
+    except TypeError:
+        raise RPCAInputError(f"ranks must be an int or one int per mode, got {ranks!r}") from None
+    if not all(isinstance(r, (int, np.integer)) and not isinstance(r, bool) for r in given):
+        raise RPCAInputError(f"ranks must be integers, got {given!r}")
+    ranks = [int(r) for r in given]
     if len(ranks) != Y.ndim:
         raise RPCAInputError(f"need one rank per mode: Y has order {Y.ndim}, got ranks {ranks}")
     for i, (r, n) in enumerate(zip(ranks, Y.shape)):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any, Iterator
@@ -98,11 +97,6 @@ def resolve_phase0(phase_vals: np.ndarray, ci: np.ndarray, ids) -> tuple[np.ndar
     return np.where(mask, np.int32(only), phase_vals).astype(np.int32), mask
 
 
-def laue_from_name(value: Any) -> str | None:
-    return _NAME_TO_LAUE.get(str(value).strip())
-
-
-# ---------------------------------------------------------------------------------------------- errors
 class FormatContext:
     """Turns any exception raised inside ``with FormatContext(path, what):`` into an
     :class:`EBSDFormatError` naming the file (our own :class:`EBSDError` s pass through unchanged)."""
@@ -205,14 +199,6 @@ def progress_bar(total: int, desc: str, enabled: bool) -> Iterator:
         bar.close()
 
 
-def file_size(path) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return -1
-
-
-# ---------------------------------------------------------------------------------------------- assembly
 def assemble_volume(*, quaternions: torch.Tensor, phases: torch.Tensor, confidence: torch.Tensor,
                     image_quality: torch.Tensor, valid: torch.Tensor, spacing, origin, phase_info, metadata):
     """Build an :class:`EBSDVolume` from preallocated full-size tensors without the whole-volume temporaries
