@@ -366,8 +366,14 @@ def rpca(
         raise RPCAInputError(f"threshold must be 'hard' or 'soft', got {threshold!r}")
     if sparsity is not None and not 0 <= sparsity < 0.5:
         raise RPCAInputError(f"sparsity must be in [0, 0.5), got {sparsity}")
-    if int(max_iter) < 0:
-        raise RPCAInputError(f"max_iter must be >= 0, got {max_iter}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
+        raise RPCAInputError(f"max_iter must be an integer >= 0, got {max_iter!r}")
+    try:
+        tol_ok = math.isfinite(float(tol)) and float(tol) >= 0
+    except (TypeError, ValueError):
+        tol_ok = False
+    if not tol_ok:
+        raise RPCAInputError(f"tol must be a finite number >= 0, got {tol!r}")
     p = RPCAParams.coerce(params)
     if step is not None:
         p.eta = float(step)

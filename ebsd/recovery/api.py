@@ -131,6 +131,14 @@ def recover_missing_slices(vol, missing=None, model="default", project: bool = T
     unknown = set(settings) - set(DEFAULT_INFERENCE)
     if unknown:
         raise EBSDValueError(f"unknown inference settings {sorted(unknown)}; known: {sorted(DEFAULT_INFERENCE)}")
+    for key in ("tile", "radius"):
+        if key in settings and not (isinstance(settings[key], int) and settings[key] >= 1):
+            raise EBSDValueError(f"{key} must be an integer >= 1, got {settings[key]!r}")
+    for key in ("overlap", "context", "smooth"):
+        if key in settings and not (isinstance(settings[key], int) and settings[key] >= 0):
+            raise EBSDValueError(f"{key} must be an integer >= 0, got {settings[key]!r}")
+    if "overlap" in settings and settings["overlap"] >= settings.get("tile", DEFAULT_INFERENCE["tile"]):
+        raise EBSDValueError(f"overlap ({settings['overlap']}) must be smaller than the tile")
     device = torch.device(device) if device is not None else vol.device
     net, cfg = _resolve_model(model, device)
     net.eval()
