@@ -72,6 +72,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=None, help="data-generation processes (default: all cores)")
     ap.add_argument("--smoke", action="store_true", help="tiny model, tiny data, ~1 minute on CPU")
     ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--init", default=None,
+                    help="checkpoint folder to start from (fine-tuning; its model config is kept, --size ignored)")
     args = ap.parse_args(argv)
 
     from .data import DataConfig, make_pair, quaternion_sections
@@ -100,8 +102,18 @@ def main(argv=None) -> int:
     print(f"data: {tuple(q_all.shape)} orientation sections in {t_data:.1f} s", flush=True)
     q_all = q_all.to(dev)
 
-    model = MultimodalDiffusion(cfg)
-    unet = model.unet.to(dev).train().requires_grad_(True)
+    init_info = None
+    if args.init:
+        model = MultimodalDiffusion.load(args.init)
+        init_info = {"from": str(args.init), "train_info": dict(model.config.train_info)}
+        cfg = model.config
+        if cfg.size != dcfg.size:
+            print(f"error: --init {args.init} was trained at size {cfg.size}; pass --size {cfg.size}", file=sys.stderr)
+            return 2
+        print(f"init: weights from {args.init} ({init_info['train_info'].get('steps')} steps)", flush=True)
+    else:
+        model = MultimodalDiffusion(cfg)
+    unet = model.unet.float().to(dev).train().requires_grad_(True)
     n_params = sum(p.numel() for p in unet.parameters())
     print(f"unet: {n_params / 1e6:.2f} M parameters on {dev}", flush=True)
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
@@ -159,6 +171,7 @@ def main(argv=None) -> int:
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "max_memory_gib": round(mem, 2) if mem else None, "seed": args.seed,
         "torch": torch.__version__, "diffusers": __import__("diffusers").__version__,
+        "init": init_info,
     }
     ema.to("cpu")
     MultimodalDiffusion(cfg, unet=ema).save(out, overwrite=True)

@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--val-batches", type=int, default=4)
     p.add_argument("--tune-volumes", type=int, default=6,
                    help="validation volumes for choosing the projection weights after training (0: keep defaults)")
+    p.add_argument("--init", default=None,
+                   help="checkpoint folder to start from (fine-tuning: its model config is kept, --d-model etc. ignored)")
     p.add_argument("--smoke", action="store_true", help="tiny model and data, about one minute on a CPU")
     return p
 
@@ -125,7 +127,20 @@ def main(argv: list[str] | None = None) -> int:
                         grain_size=tuple(args.grain_size), symmetries=tuple(args.symmetries.split(",")))
     mcfg = ModelConfig(d_model=args.d_model, depth=args.depth, heads=args.heads, mlp_ratio=args.mlp_ratio,
                        max_z=max(32, 3 + 2 * args.context), max_xy=max(64, args.tile))
-    model = SliceRecoveryTransformer(mcfg).to(device)
+    init_info = None
+    if args.init:
+        from ebsd.recovery.model import load_model
+
+        model = load_model(args.init).to(device)
+        mcfg = model.config
+        init_cfg = json.loads((Path(args.init) / "config.json").read_text())
+        init_info = {"from": str(args.init), "training": init_cfg.get("training", {})}
+        if mcfg.max_z < 3 + 2 * args.context or mcfg.max_xy < args.tile:
+            raise SystemExit(f"--init {args.init}: its model takes windows up to z {mcfg.max_z}, xy {mcfg.max_xy}; "
+                             f"--tile {args.tile} / --context {args.context} do not fit")
+        print(f"[train] init: weights from {args.init}", flush=True)
+    else:
+        model = SliceRecoveryTransformer(mcfg).to(device)
     print(f"[train] device={device} params={model.n_parameters:,} workers={workers} budget={args.minutes} min",
           flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.98))
@@ -244,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"worker; validation stream 999999; held-out (benchmark) seeds < {HELD_OUT_SEED_LIMIT}",
         "reference": "reference.safetensors: input/mask/output of the final model (eval, fp32) on 2 validation windows",
         "projection_tuning": tuning,
+        "init": init_info,
     }
     model.cpu().save(out, extra={"inference": inference, "training": training, "n_parameters": model.n_parameters})
     (out / "loss_curve.json").write_text(json.dumps(curve, indent=1))

@@ -10,13 +10,13 @@ W=/tmp/work   # jobs write here; only a tarball and the checkpoints are copied t
 rm -rf "$W"; mkdir -p "$OUT" "$W"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    >"$OUT/pip.log" 2>&1 || echo "wheel install failed (see pip.log)"
+    >"$W/pip.log" 2>&1 || echo "wheel install failed (see pip.log)"
   export PYTHONPATH=/tmp/site:$PWD
 else
   export PYTHONPATH=$PWD
 fi
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt" 2>&1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$W/gpu.txt" 2>&1
 pids=()
 for spec in "$@"; do
   name=${spec%%:*}; rest=${spec#*:}; secs=${rest%%:*}; cmd=${rest#*:}
@@ -32,9 +32,8 @@ for spec in "$@"; do
 done
 for p in "${pids[@]}"; do wait "$p"; done
 for d in "$W"/bg-*; do [ -d "$d" ] && { echo "== $(basename "$d")"; tail -n 15 "$d/log.txt"; }; done
-cp "$OUT/gpu.txt" "$W/" 2>/dev/null
 (cd "$W" && tar czf "$OUT/results.tar.gz" --exclude='*.safetensors' --exclude='*.bin' --exclude='*.pt' .)
-# checkpoints come back as they are (flattened names), at most 6 of them, each < 15 MB
-find "$W" -mindepth 2 -name '*.safetensors' -size -15M | head -6 | while read -r f; do
+# checkpoints come back as they are (flattened names), at most 7 of them, each < 15 MB (the tool returns 8 files)
+find "$W" -mindepth 2 -name '*.safetensors' -size -15M | head -7 | while read -r f; do
   rel=${f#"$W"/}; cp "$f" "$OUT/ckpt__${rel//\//__}"; done
 ls -la "$OUT"
