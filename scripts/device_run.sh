@@ -34,6 +34,6 @@ for p in "${pids[@]}"; do wait "$p"; done
 for d in "$W"/bg-*; do [ -d "$d" ] && { echo "== $(basename "$d")"; tail -n 15 "$d/log.txt"; }; done
 (cd "$W" && tar czf "$OUT/results.tar.gz" --exclude='*.safetensors' --exclude='*.bin' --exclude='*.pt' .)
 # checkpoints come back as they are (flattened names), at most 7 of them, each < 15 MB (the tool returns 8 files)
-find "$W" -mindepth 2 -name '*.safetensors' -size -15M | head -7 | while read -r f; do
+find "$W" -mindepth 2 -name '*.safetensors' -not -path '*/lm/*' -size -15M | head -7 | while read -r f; do
   rel=${f#"$W"/}; cp "$f" "$OUT/ckpt__${rel//\//__}"; done
 ls -la "$OUT"
