@@ -33,9 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
+    if not getattr(args, "func", None):  # no subcommand: a usage error (argparse convention: stderr, exit 2)
+        parser.print_help(sys.stderr)
+        print("llmeff: error: a subcommand is required (one of the commands listed above)", file=sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
     except LLMEffError as exc:

@@ -11,3 +11,7 @@ class RPCAInputError(RPCAError, ValueError):
 
 class RPCAConvergenceWarning(UserWarning):
     """The iteration stopped at ``max_iter`` before reaching ``tol``, or diverged."""
+
+
+class RPCAFileExistsError(RPCAError, FileExistsError):
+    """A save was asked to replace an existing file without ``overwrite=True`` (also a ``FileExistsError``)."""

@@ -57,7 +57,7 @@ from torch import nn
 
 from kernels import threshold_residual, tucker_to_tensor
 
-from .errors import RPCAConvergenceWarning, RPCAInputError
+from .errors import RPCAConvergenceWarning, RPCAFileExistsError, RPCAInputError
 from .scaledgd import (
     RPCAParams,
     RPCAResult,
@@ -496,14 +496,36 @@ class UnfoldedRPCA(nn.Module):
         }
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write the hyperparameters (and the model shape) as JSON; ``params`` can go straight to
-        ``rpca(..., params=...)`` for a shared model. Written to a temporary file, then renamed."""
+        """Write the hyperparameters (and the model shape) as JSON to ``path`` and return it; ``params`` can
+        go straight to ``rpca(..., params=...)`` for a shared model. Written to a temporary sibling, then
+        moved into place with :func:`os.replace` (a crash leaves the old file or none, never half a file).
+
+        Raises :class:`~tensorrpca.errors.RPCAFileExistsError` (also a ``FileExistsError``) if ``path``
+        exists and ``overwrite`` is False, or if ``path`` is a folder."""
+        import tempfile
+
         path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
+        if path.is_dir():
+            raise RPCAFileExistsError(f"{path} is a folder; give UnfoldedRPCA.save a file name such as "
+                                      f"{path / 'unfolded_rpca.json'}")
+        if (path.exists() or path.is_symlink()) and not overwrite:
+            raise RPCAFileExistsError(f"{path} already exists; pass overwrite=True to replace it "
+                                      "(or choose another file name)")
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it 0600; give it a plain open()'s permissions
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
         return path
 
     @classmethod

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tensorrpca import RPCAInputError, RPCAParams, RPCAResult, UnfoldedRPCA, rpca
+from tensorrpca.errors import RPCAFileExistsError
 from tensorrpca.synthetic import synthetic_rpca
 from tensorrpca.unfolded import label_free_loss, load_params, random_search
 
@@ -145,7 +146,7 @@ def test_json_round_trip_and_rpca_uses_learned_params(tmp_path):
     p = synthetic_rpca((16, 18, 20), (3, 3, 3), kappa=3, alpha=0.2, seed=4)
     net = UnfoldedRPCA((3, 3, 3), n_layers=6, params={"zeta0": 7.25, "zeta1": 0.61, "rho": 0.83, "eta": 0.71})
     path = net.save(tmp_path / "learned.json")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(RPCAFileExistsError, match="overwrite=True"):
         net.save(path)
     back = UnfoldedRPCA.load(path)
     assert back.hyperparameters() == pytest.approx(net.hyperparameters(), rel=1e-14)

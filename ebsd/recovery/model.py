@@ -122,16 +122,32 @@ class SliceRecoveryTransformer(nn.Module):
         return q / q.norm(dim=-1, keepdim=True).clamp_min(1e-6)
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self, directory: str | Path, extra: dict | None = None) -> Path:
-        """Write ``model.safetensors`` + ``config.json`` (``{"model": ModelConfig, ...extra}``)."""
+    def save(self, directory: str | Path, extra: dict | None = None, overwrite: bool = False) -> Path:
+        """Write ``model.safetensors`` (float32 weights) + ``config.json`` (``{"model": ModelConfig, ...extra}``)
+        into ``directory`` (created if needed) and return it.
+
+        Each file is written to a temporary sibling and moved into place with :func:`os.replace`, so a crash
+        never leaves a half-written checkpoint under the final names. If either file already exists and
+        ``overwrite`` is False, :class:`~ebsd.errors.EBSDFileExistsError` (also a ``FileExistsError``) is
+        raised before anything is written."""
         from safetensors.torch import save_file
 
+        from ..errors import EBSDFileExistsError
+        from ..io._atomic import atomic_file, check_overwrite
+
         directory = Path(directory)
+        if directory.exists() and not directory.is_dir():
+            raise EBSDFileExistsError(f"{directory} is a file, not a folder: give save() a folder for the checkpoint")
+        weights, config = directory / "model.safetensors", directory / "config.json"
+        for target in (weights, config):  # refuse before writing either file
+            check_overwrite(target, overwrite)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / "model.safetensors"))
-        cfg = {"model": asdict(self.config), **(extra or {})}
-        (directory / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
+        cfg = json.dumps({"model": asdict(self.config), **(extra or {})}, indent=2, default=str)
+        with atomic_file(weights, overwrite=overwrite) as tmp:
+            save_file(state, str(tmp))
+        with atomic_file(config, overwrite=overwrite) as tmp:
+            tmp.write_text(cfg)
         return directory
 
 
