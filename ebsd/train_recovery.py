@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--val-batches", type=int, default=4)
     p.add_argument("--tune-volumes", type=int, default=6,
                    help="validation volumes for choosing the projection weights after training (0: keep defaults)")
+    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
     p.add_argument("--init", default=None,
                    help="checkpoint folder to start from (fine-tuning: its model config is kept, --d-model etc. ignored)")
     p.add_argument("--smoke", action="store_true", help="tiny model and data, about one minute on a CPU")
@@ -117,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     cuda = device.type == "cuda"
     workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 2) - 2)
     out = Path(args.out)
+    if not args.overwrite and any((out / n).exists() for n in ("model.safetensors", "config.json")):
+        raise SystemExit(f"--out {out} already holds a checkpoint: choose a new folder or pass --overwrite")
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     budget = args.minutes * 60.0
@@ -261,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         "projection_tuning": tuning,
         "init": init_info,
     }
-    model.cpu().save(out, extra={"inference": inference, "training": training, "n_parameters": model.n_parameters})
+    model.cpu().save(out, overwrite=args.overwrite, extra={"inference": inference, "training": training, "n_parameters": model.n_parameters})
     (out / "loss_curve.json").write_text(json.dumps(curve, indent=1))
     _plot(curve, out / "loss_curve.png")
     mem = f", max GPU memory {training['max_gpu_memory_gib']} GiB" if cuda else ""

@@ -269,3 +269,30 @@ def test_less_training_loss_targets_the_models_attention_output():
         want = float(F.mse_loss(y, tgt) / tgt.pow(2).mean())
     assert 0 < want < 1  # a real, finite discrepancy (evicted tokens approximated)
     assert got == pytest.approx(want, rel=1e-4)
+
+
+@pytest.mark.parametrize("policy", [H2O(12, recent=5), StreamingLLM(window=10, sink=2)], ids=["h2o", "streaming"])
+def test_less_training_stacked_keep_masks_equal_per_layer_masks(policy):
+    """train_less replays H2O's eviction for all layers at once (stacked on the batch axis); the masks must be
+    exactly those of one replay per layer, and the per-layer losses the same."""
+    from llmeff.kvcache.less import keep_masks
+    from llmeff.kvcache.train_less import _scores, all_keep_masks, capture_attention, layer_loss
+
+    m = tiny()
+    less = LESS.untrained(policy, m, seed=2)
+    T = 30
+    ids = torch.randint(0, V, (3, T), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad(), capture_attention(m) as rec:
+        m(input_ids=ids, use_cache=False)
+    assert len(rec) >= 2
+    stacked = all_keep_masks(policy, rec)
+    with torch.no_grad():
+        for i, item in rec.items():
+            q, k = item[1], item[2]
+            lg = _scores(policy, item)
+            own = keep_masks(policy, lg if lg is not None else q.new_empty(q.shape[0], q.shape[1], T, T), k.shape[1])
+            assert torch.equal(stacked[i], own)
+            # the eviction really removed tokens: rows past the budget keep exactly `budget` keys (+ the new one)
+            assert int(own[:, :, -1].sum(-1).max()) <= policy.budget + 1
+            assert float(layer_loss(policy, less.maps[i], item, stacked[i])) == \
+                pytest.approx(float(layer_loss(policy, less.maps[i], item)), rel=1e-6)

@@ -79,18 +79,46 @@ def _o_proj(module, x):
     return F.linear(x, w, b)
 
 
-def layer_loss(policy: EvictionPolicy, maps, rec_item) -> torch.Tensor:
-    """Relative MSE after the output projection for one layer's recorded batch."""
+def _scores(policy: EvictionPolicy, rec_item) -> torch.Tensor | None:
+    """Causal pre-softmax scores (B, H, T, T) of one recorded layer, when the policy needs them."""
+    if not policy.needs_scores:
+        return None
+    _, q, k, _, _, s = rec_item
+    T = q.shape[2]
+    kk = k.float().repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    tt = torch.arange(T, device=q.device)
+    return ((q.float() @ kk.transpose(-1, -2)) * s).masked_fill(tt[None, :] > tt[:, None], float("-inf"))
+
+
+def all_keep_masks(policy: EvictionPolicy, rec: dict) -> dict:
+    """Keep masks of every recorded layer. Score-based policies (H2O) replay the eviction token by token; all
+    layers of equal shape go through one replay (stacked on the batch axis), which is ~layers x fewer kernel
+    launches than one replay per layer and gives the same masks."""
+    out, groups = {}, {}
+    for i, item in rec.items():
+        q, k = item[1], item[2]
+        groups.setdefault((tuple(q.shape), k.shape[1]), []).append(i)
+    for (qshape, hk), layers in groups.items():
+        B, H, T, _ = qshape
+        if policy.needs_scores:
+            logits = torch.cat([_scores(policy, rec[i]) for i in layers], 0)
+        else:
+            logits = rec[layers[0]][1].new_empty(B * len(layers), H, T, T)
+        keep = keep_masks(policy, logits, hk)
+        for j, i in enumerate(layers):
+            out[i] = keep[j * B:(j + 1) * B]
+    return out
+
+
+def layer_loss(policy: EvictionPolicy, maps, rec_item, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Relative MSE after the output projection for one layer's recorded batch (``keep``: its precomputed
+    :func:`keep_masks`, else computed here)."""
     module, q, k, v, out, s = rec_item
     B, H, T, D = q.shape
     hk = k.shape[1]
-    logits = None
-    if policy.needs_scores:
-        G = H // hk
-        kk = k.float().repeat_interleave(G, dim=1)
-        tt = torch.arange(T, device=q.device)
-        logits = ((q.float() @ kk.transpose(-1, -2)) * s).masked_fill(tt[None, :] > tt[:, None], float("-inf"))
-    keep = keep_masks(policy, logits if logits is not None else q.new_empty(B, H, T, T), hk)
+    if keep is None:
+        logits = _scores(policy, rec_item)
+        keep = keep_masks(policy, logits if logits is not None else q.new_empty(B, H, T, T), hk)
     o = less_attention(q, k, v, keep, maps, s)
     rows = slice(policy.budget, T)  # queries that have evicted tokens
     y = _o_proj(module, o.transpose(1, 2).reshape(B, T, H * D)[:, rows])
@@ -119,7 +147,9 @@ def train(model, policy: EvictionPolicy, batches, steps: int = 200, lr: float = 
         ids = next(batches)
         with torch.no_grad(), capture_attention(model) as rec:
             model(input_ids=ids, use_cache=False)
-        losses = {i: layer_loss(policy, less.maps[i], rec[i]) for i in sorted(rec)}
+        with torch.no_grad():
+            keeps = all_keep_masks(policy, rec)
+        losses = {i: layer_loss(policy, less.maps[i], rec[i], keeps[i]) for i in sorted(rec)}
         loss = sum(losses.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
