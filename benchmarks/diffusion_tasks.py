@@ -14,6 +14,13 @@ Tasks (each on the same held-out sections, seeds disjoint from training):
    NLM-denoised PL with an Otsu threshold.
 4. Inference-time scaling: task 1 metrics vs ``n_samples``.
 5. Sampling time of one super-resolution call vs ``n_samples`` (``--time-ns``).
+6. Misregistration tolerance (``--misreg DY,DX,ANGLE``, on by default; ``--misreg none`` disables): the PL stack
+   of each task-1 section is misregistered by a known rigid warp (:func:`diffusion.operators.warp`: shift in
+   full-resolution pixels, positive = content moves down/right, rotation in degrees about the image centre),
+   the same read noise (same noise realisation as task 1) is added after the warp, and x4 super-resolution
+   is run with registration on (``super_resolve``'s default ``max_shift`` / ``max_rotation``) and off
+   (``max_shift=0, max_rotation=0``); nearest / bicubic (no PL) for reference. Also reports the estimated vs
+   true ``(dy, dx, angle)``, and what registration estimates on the unwarped task-1 PL (false positives).
 
 Usage::
 
@@ -22,6 +29,9 @@ Usage::
     python benchmarks/diffusion_tasks.py --smoke                              # CPU, seconds-minutes
     python benchmarks/diffusion_tasks.py --device cpu --n-sections 3 --steps 20 --scaling 1,2,4,8 \
         --time-ns 1,2 --time-repeat 1 --time-warmup 0                         # CPU, ~11 min on 2 cores
+                                                                              # with --misreg none; task 6 adds
+                                                                              # 2 n_samples calls per section
+    python benchmarks/diffusion_tasks.py --misreg=-1,2,0 ...                  # another misregistration
 
 Prints tables and writes ``diffusion_tasks.json`` to ``$BENCH_OUT`` / ``$OUT`` / ``benchmarks/results``.
 """
@@ -125,8 +135,16 @@ def main(argv=None) -> int:
     ap.add_argument("--time-warmup", type=int, default=1, help="untimed warm-up calls per n_samples")
     ap.add_argument("--sparse-ebsd", action="store_true", help="also denoise with 5%% sparse EBSD points")
     ap.add_argument("--smoke", action="store_true", help="tiny untrained model, 1 section, few steps (CPU)")
+    ap.add_argument("--misreg", default="1.5,-1.0,1.0",
+                    help="task 6: 'DY,DX,ANGLE' = PL misregistration (full-resolution pixels, degrees) applied with "
+                         "diffusion.operators.warp, or 'none' to skip the task (negative first value: --misreg=-1,...)")
+    ap.add_argument("--misreg-n-samples", type=int, default=None,
+                    help="posterior samples per task-6 call (default: --n-samples); task 6 makes 2 calls per section")
     ap.add_argument("--json", default="diffusion_tasks.json")
     args = ap.parse_args(argv)
+    misreg = _parse_misreg(args.misreg, ap)
+    if args.misreg_n_samples is not None and args.misreg_n_samples < 1:
+        ap.error(f"--misreg-n-samples must be >= 1, got {args.misreg_n_samples}")
 
     from diffusion.data import heldout_sections
     from diffusion.model import ModelConfig, MultimodalDiffusion, boundary_map, pl_only_boundaries
@@ -145,21 +163,29 @@ def main(argv=None) -> int:
     scale = 4
     g = torch.Generator().manual_seed(args.seed)
 
-    def pl_of(q, noise):
+    def draw_seed():
+        return int(torch.randint(0, 2 ** 31 - 1, (1,), generator=g))
+
+    def pl_of(q, noise, seed=None):
         return pl_images(q, angles=pc.angles, analyser=pc.analyser, blur_sigma=pc.blur_sigma,
-                         read_noise=noise, seed=int(torch.randint(0, 2 ** 31 - 1, (1,), generator=g)))
+                         read_noise=noise, seed=draw_seed() if seed is None else seed)
 
     common = dict(steps=args.steps, seed=args.seed)
     # ---- task 1 + 4: super-resolution
     sr = {k: {"mis": [], "f1": []} for k in ("nearest", "bicubic (channels)", "PL-physics snap only (ablation)", "ours")}
     scal_ns = [int(s) for s in args.scaling.split(",")]
     scal = {n: {"mis": [], "f1": []} for n in scal_ns}
+    sr_seeds, sr_regs = [], []   # per section: PL noise seed (reused by task 6), registration estimate
+    task_seconds = {}
+    t_task = time.perf_counter()
     for q in truth:
         lr = q[scale // 2::scale, scale // 2::scale]
-        pl = pl_of(q, args.pl_noise)
+        sr_seeds.append(draw_seed())
+        pl = pl_of(q, args.pl_noise, sr_seeds[-1])
         tb = boundary_map(q).numpy()
         outs = {"nearest": nearest_upsample(lr, scale), "bicubic (channels)": bicubic_upsample(lr, scale)}
         res = model.super_resolve(lr, pl, scale=scale, n_samples=max(scal_ns + [args.n_samples]), **common)
+        sr_regs.append(dict(res.registration))
         for n in scal_ns:  # the first n samples of the same batch (same seed): nested subsets
             sub = _recombine(res, n, lr, scale, pc)
             scal[n]["mis"].append(mean_mis_deg(sub, q))
@@ -171,6 +197,7 @@ def main(argv=None) -> int:
         for k, v in outs.items():
             sr[k]["mis"].append(mean_mis_deg(v, q))
             sr[k]["f1"].append(boundary_f1(boundary_map(v).numpy(), tb))
+    task_seconds["super-resolution + scaling (tasks 1, 4)"] = time.perf_counter() - t_task
     t1 = Table(f"x{scale} EBSD super-resolution with PL (read noise {args.pl_noise}), {len(truth)} sections "
                f"{size}x{size}, n_samples={args.n_samples}", ["method", "mean misorientation (deg)", "boundary F1"])
     for k, v in sr.items():
@@ -180,6 +207,13 @@ def main(argv=None) -> int:
     for n, v in scal.items():
         t4.add([n, float(np.mean(v["mis"])), float(np.mean(v["f1"]))])
     t4.print()
+
+    # ---- task 6: misregistration tolerance (same sections, same PL noise realisation as task 1)
+    mis_tables, mis_json = [], None
+    if misreg is not None:
+        t_task = time.perf_counter()
+        mis_tables, mis_json = _misreg_task(model, truth, misreg, sr_seeds, sr_regs, sr, args, scale, pc, common)
+        task_seconds["misregistration (task 6)"] = time.perf_counter() - t_task
 
     # ---- task 2 + 3: PL denoising, boundaries from PL alone
     den_keys = ["noisy", "non-local means", "ours (PL only)"] + (["ours (+5% EBSD)"] if args.sparse_ebsd else [])
@@ -228,11 +262,95 @@ def main(argv=None) -> int:
         t5.add([n, tm.median, tm.spread])
     t5.print()
     path = results_dir() / args.json
-    t1.write_json(path, extra={"tables": {t.title: t.as_records() for t in (t1, t2, t3, t4, t5)},
-                               "checkpoint": str(args.checkpoint or "bundled"), "config": model.config.to_dict(),
-                               "args": vars(args)})
+    extra = {"tables": {t.title: t.as_records() for t in (t1, t2, t3, t4, t5, *mis_tables)},
+             "checkpoint": str(args.checkpoint or "bundled"), "config": model.config.to_dict(),
+             "args": vars(args), "task_seconds": task_seconds}
+    if mis_json is not None:
+        extra["misregistration"] = mis_json
+    t1.write_json(path, extra=extra)
     print(f"\nwrote {path}")
     return 0
+
+
+def _parse_misreg(text: str, ap) -> tuple[float, float, float] | None:
+    """``"DY,DX,ANGLE"`` -> ``(dy, dx, angle_deg)``; ``"none"`` -> ``None``."""
+    if text.strip().lower() in ("none", "off", ""):
+        return None
+    try:
+        v = tuple(float(t) for t in text.split(","))
+    except ValueError:
+        v = ()
+    if len(v) != 3 or not all(math.isfinite(t) for t in v):
+        ap.error(f"--misreg must be 'DY,DX,ANGLE' (pixels, pixels, degrees) or 'none', got {text!r}")
+    return v
+
+
+def _misreg_task(model, truth, misreg, seeds, task1_regs, sr, args, scale, pc, common):
+    """Task 6. For every section ``q`` (with task 1's PL noise seed), the observed PL is
+
+        pl_obs = warp(PL_clean(q), (dy, dx), radians(angle)) + read noise
+
+    (:func:`diffusion.operators.warp`: output pixel ``p`` takes the clean PL at ``R(angle) (p - c) + c - (dy, dx)``,
+    so a positive shift moves the PL content down/right). :meth:`MultimodalDiffusion.register` returns
+    ``(dy, dx, angle_deg)`` "such that ``warp(PL_true, (dy, dx), angle)`` is the observed PL", i.e. the same
+    parameterisation, NOT its inverse: a perfect estimate equals the applied ``misreg`` component by component,
+    and the error is ``estimate - true``. Returns ``([results table, registration table], json dict)``."""
+    import inspect
+
+    from diffusion.model import boundary_map
+    from diffusion.operators import warp
+    from diffusion.pl import add_camera_noise, pl_images
+
+    dy, dx, ang = misreg
+    sig = inspect.signature(model.super_resolve).parameters
+    ms, mr = sig["max_shift"].default, sig["max_rotation"].default
+    n = args.misreg_n_samples or args.n_samples
+    on_key = f"ours, registration on (max_shift {ms:g} px, max_rotation {mr:g} deg)"
+    off_key = "ours, registration off (max_shift 0, max_rotation 0)"
+    keys = ["nearest", "bicubic (channels)", off_key, on_key]
+    acc = {k: {"mis": [], "f1": []} for k in keys}
+    ests = []
+    for q, seed in zip(truth, seeds):
+        lr = q[scale // 2::scale, scale // 2::scale]
+        clean = pl_images(q, angles=pc.angles, analyser=pc.analyser, blur_sigma=pc.blur_sigma)
+        warped = warp(clean[None], (dy, dx), math.radians(ang))[0]
+        # the same noise draw as pl_images(q, read_noise=..., seed=seed) in task 1, added after the warp
+        pl = add_camera_noise(warped, None, args.pl_noise, torch.Generator().manual_seed(seed)).float()
+        tb = boundary_map(q).numpy()
+        outs = {"nearest": nearest_upsample(lr, scale), "bicubic (channels)": bicubic_upsample(lr, scale)}
+        res_off = model.super_resolve(lr, pl, scale=scale, n_samples=n, max_shift=0.0, max_rotation=0.0, **common)
+        res_on = model.super_resolve(lr, pl, scale=scale, n_samples=n, max_shift=ms, max_rotation=mr, **common)
+        outs[off_key], outs[on_key] = res_off.quaternions, res_on.quaternions
+        ests.append(dict(res_on.registration))
+        for k, v in outs.items():
+            acc[k]["mis"].append(mean_mis_deg(v, q))
+            acc[k]["f1"].append(boundary_f1(boundary_map(torch.as_tensor(v)).numpy(), tb))
+    title = (f"misregistration: x{scale} super-resolution with PL warped by dy={dy:g}, dx={dx:g} px, angle={ang:g} deg "
+             f"(read noise {args.pl_noise}), {len(truth)} sections, n_samples={n}")
+    t6 = Table(title, ["method", "mean misorientation (deg)", "boundary F1"])
+    for k in keys:
+        t6.add([k, float(np.mean(acc[k]["mis"])), float(np.mean(acc[k]["f1"]))])
+    t6.add([f"reference: ours on registered PL (task 1, n_samples={args.n_samples})",
+            float(np.mean(sr["ours"]["mis"])), float(np.mean(sr["ours"]["f1"]))])
+    t6.print()
+    true = {"dy": dy, "dx": dx, "angle_deg": ang}
+    zero = {"dy": 0.0, "dx": 0.0, "angle_deg": 0.0}
+    t7 = Table("misregistration estimate by register() (same convention as the applied warp; error = est - true)",
+               ["PL", "quantity", "true", "estimated (mean)", "mean |error|", "max |error|", "sections exact"])
+    summary = {}
+    for label, tr, es in (("warped (task 6)", true, ests), ("unwarped (task 1)", zero, task1_regs)):
+        summary[label] = {}
+        for k in ("dy", "dx", "angle_deg"):
+            e = np.array([r[k] for r in es], float)
+            err = np.abs(e - tr[k])
+            t7.add([label, k, tr[k], float(e.mean()), float(err.mean()), float(err.max()), int((err < 1e-6).sum())])
+            summary[label][k] = {"true": tr[k], "estimates": e.tolist(), "mean_abs_error": float(err.mean()),
+                                 "max_abs_error": float(err.max())}
+    t7.print()
+    js = {"true": true, "search": {"max_shift": ms, "max_rotation": mr, "shift_step": 0.5, "angle_step": 1.0},
+          "n_samples": n, "estimates_warped": ests, "estimates_unwarped_task1": task1_regs,
+          "per_section": acc, "summary": summary}
+    return [t6, t7], js
 
 
 def _recombine(res, n: int, lr: torch.Tensor, scale: int, pc) -> torch.Tensor:
