@@ -5,7 +5,8 @@ cancelled, and add their results as new layers (the originals stay: undo = toggl
 """
 from __future__ import annotations
 
-from typing import Any
+import threading
+from functools import partial
 
 import numpy as np
 from qtpy.QtWidgets import (
@@ -80,6 +81,8 @@ class RecoverSlicesWidget(QWidget):
         self.viewer = napari_viewer
         self.worker = None
         self.result = None  # the recovered EBSDVolume of the last finished run
+        self._job = None  # threading.Event of the run being waited for (set = cancelled); None = idle
+        self._worker_running = False
         self.picker = _LayerPicker(napari_viewer, lambda lay: volume_of(lay) is not None)
         self.slices = QLineEdit()
         self.slices.setPlaceholderText("e.g. 12, 13 or 12-14")
@@ -157,10 +160,45 @@ class RecoverSlicesWidget(QWidget):
         return bad
 
     # ----------------------------------------------------------------- run / cancel
+    #
+    # Life of a run. ``run()`` makes a *job* token (a ``threading.Event``, set = cancelled) and connects every
+    # worker signal through it; ``self._job`` holds the token of the run the widget is waiting for (``None`` =
+    # idle). Whatever ends the run first -- the result (``returned``), an error (``errored``), the worker
+    # stopping (``aborted`` / ``finished``) or ``cancel()`` -- returns the widget to idle exactly once
+    # (:meth:`_end`); signals of a job that is no longer current are dropped. So:
+    #
+    # * ``cancel()`` is synchronous: the widget is idle when it returns, whether the worker thread has not
+    #   started yet (napari queues the start when an event loop runs), is inside a recovery step, or has
+    #   already returned a result that is still queued for the GUI thread (that result is thrown away).
+    # * the worker checks the abort flag between yields only: a step that is running finishes in the
+    #   background, its result is never shown; ``worker_running`` says when the thread is really done.
+    # * no layer is added and no data is changed after ``cancel()`` (recovery works on a copy; layers are only
+    #   added by the current job's ``returned``).
+    # * an exception in the worker always ends the run: a ``RuntimeError`` (torch raises those) would be taken
+    #   for a "deleted worker" by superqt, which then emits neither ``errored`` nor ``finished``; the worker
+    #   re-raises it wrapped so that both are emitted.
+
+    @property
+    def busy(self) -> bool:
+        """True from :meth:`run` until that run was shown, failed, or was cancelled (the widget is idle)."""
+        return self._job is not None
+
+    @property
+    def worker_running(self) -> bool:
+        """True while the thread of the last started worker has not finished (it may outlive a cancelled run)."""
+        return self._worker_running
+
     def run(self):
-        """Start recovery in a worker thread; returns the worker (napari ``GeneratorWorker``)."""
+        """Start recovery in a worker thread; returns the worker (napari ``GeneratorWorker``) or ``None``.
+
+        ``None`` (with the reason in the status line) when no volume layer is chosen, the slice list is empty
+        or malformed or out of range, or a run is still busy (cancel it first).
+        """
         from napari.qt.threading import thread_worker
 
+        if self.busy:
+            self.status.setText("a recovery is already running: cancel it first")
+            return None
         layer = self.picker.layer()
         vol = volume_of(layer) if layer is not None else None
         if vol is None:
@@ -173,28 +211,38 @@ class RecoverSlicesWidget(QWidget):
             return None
         bad = [z for z in missing if not 0 <= z < vol.shape[0]]
         if not missing or bad:
-            self.status.setText(f"no slices to recover" if not missing else f"slices {bad} are outside 0..{vol.shape[0] - 1}")
+            self.status.setText("no slices to recover" if not missing else f"slices {bad} are outside 0..{vol.shape[0] - 1}")
             return None
         runs = contiguous_runs(missing)
         project = self.project.isChecked()
         name = layer.name.removesuffix(" IPF-Z")
+        job = threading.Event()  # set by cancel(); also the token that ties the worker's signals to this run
 
-        @thread_worker
+        # ignore_errors: errors are reported by _errored (status line + one notification), not re-raised in
+        # the GUI thread as well (and not at all for a run that was cancelled)
+        @thread_worker(ignore_errors=True)
         def _work():
             from ..recovery import recover_missing_slices
 
-            current = vol
-            disagreement = np.zeros(vol.shape, dtype=np.float32)
-            for k, run in enumerate(runs):
-                yield (k, len(runs))
-                current, details = recover_missing_slices(
-                    current, missing=run, project=project, progress=False, return_details=True
-                )
-                dis = details.get("disagreement_deg") if isinstance(details, dict) else None
-                if dis is not None:
-                    disagreement[run] = np.asarray(dis, dtype=np.float32)
-            yield (len(runs), len(runs))
-            return current, disagreement
+            try:
+                current = vol
+                disagreement = np.zeros(vol.shape, dtype=np.float32)
+                for k, run in enumerate(runs):
+                    yield (k, len(runs))
+                    if job.is_set():
+                        return None
+                    current, details = recover_missing_slices(
+                        current, missing=run, project=project, progress=False, return_details=True
+                    )
+                    dis = details.get("disagreement_deg") if isinstance(details, dict) else None
+                    if dis is not None:
+                        disagreement[run] = np.asarray(dis, dtype=np.float32)
+                yield (len(runs), len(runs))
+                if job.is_set():
+                    return None
+                return current, disagreement
+            except RuntimeError as exc:  # see the note above: superqt would swallow it without any signal
+                raise _WorkerFailed(f"{type(exc).__name__}: {exc}") from exc
 
         self.progress.setRange(0, len(runs))
         self.progress.setValue(0)
@@ -202,48 +250,87 @@ class RecoverSlicesWidget(QWidget):
         self.cancel_btn.setEnabled(True)
         self.status.setText(f"recovering slices {missing} ...")
         worker = _work()
-        worker.yielded.connect(lambda kn: self.progress.setValue(kn[0]))
-        worker.returned.connect(lambda res: self._done(res, name, missing))
-        worker.aborted.connect(self._aborted)
-        worker.errored.connect(self._errored)
-        worker.finished.connect(self._finished)
+        # every slot is connected before start(): no signal of this worker can be missed
+        worker.yielded.connect(partial(self._yielded, job))
+        worker.returned.connect(partial(self._done, job, name, missing))
+        worker.aborted.connect(partial(self._end, job, "cancelled: nothing was changed"))
+        worker.errored.connect(partial(self._errored, job))
+        worker.finished.connect(partial(self._finished, job, worker))
+        self._job = job
         self.worker = worker
+        self._worker_running = True
         worker.start()
         return worker
 
     def cancel(self) -> None:
+        """Cancel the current run; the widget is idle when this returns and the run's result is never added."""
+        job = self._job
+        if job is None:
+            return
+        job.set()
         if self.worker is not None:
             self.worker.quit()
-            self.status.setText("cancelling ...")
+        self._end(job, "cancelled: nothing was changed")
 
-    def _done(self, res, name: str, missing: list[int]) -> None:
+    def _end(self, job, message: str | None = None) -> bool:
+        """Return to idle if ``job`` is the current run (once per run); False for a stale or ended job."""
+        if job is not self._job:
+            return False
+        self._job = None
+        self.run_btn.setEnabled(True)
+        self.cancel_btn.setEnabled(False)
+        if job.is_set():
+            self.progress.setValue(self.progress.minimum())
+        if message is not None:
+            self.status.setText(message)
+        return True
+
+    def _yielded(self, job, kn) -> None:
+        if job is self._job and not job.is_set():
+            self.progress.setValue(kn[0])
+
+    def _done(self, job, name: str, missing: list[int], res) -> None:
+        if job is not self._job or job.is_set() or res is None:
+            return
         new, disagreement = res
+        try:
+            layers = volume_layers(new, name=f"{name} recovered")
+            for data, kwargs, kind in layers[:1]:
+                self.viewer._add_layer_from_data(data, kwargs, kind)
+            highlight = np.zeros(new.shape, dtype=np.int32)
+            highlight[missing] = 1
+            scale = tuple(new.spacing)
+            self.viewer.add_labels(highlight, name=f"{name} recovered slices", scale=scale, opacity=0.35,
+                                   translate=tuple(new.origin))
+            self.viewer.add_image(disagreement, name=f"{name} disagreement (deg)", scale=scale, colormap="magma",
+                                  visible=False, translate=tuple(new.origin))
+        except Exception as exc:  # never leave the widget "running" because showing the result failed
+            self._errored(job, exc)
+            return
         self.result = new
-        layers = volume_layers(new, name=f"{name} recovered")
-        for data, kwargs, kind in layers[:1]:
-            self.viewer._add_layer_from_data(data, kwargs, kind)
-        highlight = np.zeros(new.shape, dtype=np.int32)
-        highlight[missing] = 1
-        scale = tuple(new.spacing)
-        self.viewer.add_labels(highlight, name=f"{name} recovered slices", scale=scale, opacity=0.35,
-                               translate=tuple(new.origin))
-        self.viewer.add_image(disagreement, name=f"{name} disagreement (deg)", scale=scale, colormap="magma",
-                              visible=False, translate=tuple(new.origin))
-        self.status.setText(f"recovered slices {missing}; toggle the new layers to compare (undo = hide them)")
+        self._end(job, f"recovered slices {missing}; toggle the new layers to compare (undo = hide them)")
 
-    def _aborted(self) -> None:
-        self.status.setText("cancelled: nothing was changed")
-
-    def _errored(self, exc) -> None:
-        msg = str(exc) if isinstance(exc, EBSDError) else f"{type(exc).__name__}: {exc}"
-        self.status.setText(f"recovery failed: {msg}")
+    def _errored(self, job, exc) -> None:
+        if job is not self._job or job.is_set():
+            return
+        if isinstance(exc, _WorkerFailed):
+            msg = str(exc)
+        else:
+            msg = str(exc) if isinstance(exc, EBSDError) else f"{type(exc).__name__}: {exc}"
+        self._end(job, f"recovery failed: {msg}")
         from napari.utils.notifications import show_error
 
         show_error(f"Recover slices: {msg}")
 
-    def _finished(self) -> None:
-        self.run_btn.setEnabled(True)
-        self.cancel_btn.setEnabled(False)
+    def _finished(self, job, worker) -> None:
+        if worker is self.worker:
+            self._worker_running = False
+        # normally returned / aborted / errored (or cancel()) ended the run already; this is the backstop
+        self._end(job, None if job.is_set() else "recovery stopped without a result")
+
+
+class _WorkerFailed(Exception):
+    """A ``RuntimeError`` from the recovery, re-raised under another type so that the worker reports it."""
 
 
 class RPCAWidget(QWidget):
