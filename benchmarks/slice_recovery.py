@@ -60,6 +60,8 @@ def main(argv=None) -> int:
     ap.add_argument("--boundary-tolerance", type=int, default=0,
                     help="pixels within which a boundary pixel counts as matched (0: exact)")
     ap.add_argument("--no-timing", action="store_true")
+    ap.add_argument("--timing-only", action="store_true", help="only the per-slice inference timing")
+    ap.add_argument("--timing-repeat", type=int, default=None, help="timed repeats (default: 3 on CPU, 10 on CUDA)")
     ap.add_argument("--quick", action="store_true", help="1 volume per grain size, 16 x 48 x 48")
     ap.add_argument("--json", default="slice_recovery.json")
     args = ap.parse_args(argv)
@@ -79,7 +81,7 @@ def main(argv=None) -> int:
     }
     acc = {}  # (method, n_missing, grain size) -> summed stats
     Z = args.shape[0]
-    for gs_i, gs in enumerate(args.grain_sizes):
+    for gs_i, gs in enumerate([] if args.timing_only else args.grain_sizes):
         for k in range(args.volumes):
             seed = 1000 + 100 * gs_i + k
             assert seed < HELD_OUT_SEED_LIMIT
@@ -120,7 +122,7 @@ def main(argv=None) -> int:
                 cpu_s.append(time.process_time() - c0)
 
             load0 = os.getloadavg()[0]
-            t = time_call(once, warmup=1, repeat=3 if dev == "cpu" else 10)
+            t = time_call(once, warmup=1, repeat=args.timing_repeat or (3 if dev == "cpu" else 10))
             cpu_med = sorted(cpu_s[1:])[len(cpu_s[1:]) // 2]
             timing[dev] = {"median_s": t.median, "min_s": t.min, "threads": torch.get_num_threads(),
                            "process_cpu_s_median": cpu_med, "loadavg_1min": [load0, os.getloadavg()[0]],
