@@ -17,11 +17,10 @@ def main(out: str = "docs/napari_recovery.png") -> int:
     viewer.open_sample("ebsd-tensor-toolkit", "two-missing-slices")
     widget = RecoverSlicesWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Recover slices", area="right")
-    worker = widget.run()
-    done = []
-    worker.finished.connect(lambda: done.append(True))
+    widget.run()
     t0 = time.time()
-    while not done and time.time() - t0 < 600:
+    # poll the widget's own state (its slots were connected before the worker started, so no signal is missed)
+    while (widget.busy or widget.worker_running) and time.time() - t0 < 600:
         QApplication.processEvents()
         time.sleep(0.05)
     viewer.dims.set_point(0, 9 * viewer.layers[0].scale[0])  # a recovered slice
