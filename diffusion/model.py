@@ -15,7 +15,13 @@ Misregistration: before sampling, the PL stack predicted by the physics model fr
 channels of the) low-resolution EBSD is matched to the observed PL over a grid of shifts (``+-max_shift``
 pixels, 0.5 px steps) and rotations (``+-max_rotation`` degrees, 1 degree steps) by normalised
 cross-correlation; the best ``(dy, dx, angle)`` becomes a :class:`~diffusion.operators.Warp` inside the PL
-measurement, so samples are produced on the EBSD grid.
+measurement, so samples are produced on the EBSD grid. Refinement (``refine_registration=True``, default):
+after sampling, the shift is searched again on a finer local grid (0.25 px steps, +-0.5 px around the first
+estimate, rotation kept) with the much sharper PL prediction from the posterior mean snapped to the measured
+orientations, and the refined estimate is used by the projection only (no re-sampling). The samples were drawn
+with the first estimate, so their EBSD follows the PL warped by it: the refinement cannot undo a grid-step
+error of the first estimate (on held-out sections it left every such error in place), but it rejects
+spurious small estimates on registered PL and resolves sub-step shifts (numbers: ``super_resolve``).
 
 Inference-time scaling: ``n_samples`` posterior samples are drawn in parallel (one batch); each is scored
 by measurement consistency (RMS residual / sigma of every measurement plus the physics check: PL predicted
@@ -48,6 +54,14 @@ from .operators import Identity, Mask, Measurement, Subsample, Warp, estimate_no
 from .posterior import consistency, sample
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "diffusion"
+_NCC_BORDER = 4   # registration ignores this many border pixels (the warp invents them)
+
+
+def _ncc(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Normalised cross-correlation of two tensors of the same shape."""
+    a = a - a.mean()
+    b = b - b.mean()
+    return float((a * b).sum() / (a.norm() * b.norm() + 1e-12))
 
 
 def _diffusers():
@@ -134,8 +148,13 @@ class EnhanceResult:
         scores: ``(n_samples,)`` total measurement-consistency score (lower is better).
         consistency: ``(n_samples, M)`` per-measurement RMS residual / sigma.
         chosen: indices of the samples combined.
-        registration: ``{"dy", "dx", "angle_deg"}`` estimated PL -> EBSD misregistration.
+        registration: ``{"dy", "dx", "angle_deg"}`` estimated PL -> EBSD misregistration, the one used by the
+            projection (the refined estimate with ``refine_registration=True``).
         seconds: wall time of the sampling.
+        projection_pl: ``(n_angles, H, W)`` observed PL (model units) mapped onto the EBSD grid with
+            ``registration``, used by the projection.
+        registration_initial: the first estimate (from the bicubic-upsampled EBSD), the one the sampler used;
+            equal to ``registration`` without refinement.
     """
 
     quaternions: object
@@ -146,8 +165,8 @@ class EnhanceResult:
     chosen: list
     registration: dict
     seconds: float
-    #: ``(n_angles, H, W)`` observed PL (model units) mapped onto the EBSD grid, used by the projection
     projection_pl: object = None
+    registration_initial: dict | None = None
 
     @property
     def diagnostics(self) -> list[dict]:
@@ -249,33 +268,46 @@ class MultimodalDiffusion:
         return t
 
     def register(self, ebsd_channels_hr: torch.Tensor, pl_model: torch.Tensor, max_shift: float = 2.0,
-                 max_rotation: float = 2.0, min_gain: float = 0.01) -> dict:
+                 max_rotation: float = 2.0, min_gain: float = 0.01, shift_step: float = 0.5,
+                 angle_step: float = 1.0, center: dict | None = None, limit: tuple | None = None) -> dict:
         """Estimate the misregistration of PL relative to the EBSD grid (see module docstring). A non-zero
         estimate is kept only when it raises the correlation by more than ``min_gain`` over no warp (the
         prediction from upsampled low-resolution EBSD is crude, so tiny gains are noise).
+
+        Args:
+            ebsd_channels_hr: ``(9, H, W)`` EBSD channels on the output grid (float32).
+            pl_model: ``(n_angles, H, W)`` observed PL in model units (``[-1, 1]``).
+            max_shift, max_rotation: search half-ranges (pixels, degrees) around ``center``.
+            shift_step, angle_step: grid steps (pixels, degrees).
+            center: ``{"dy", "dx", "angle_deg"}`` to search around (default: no warp).
+            limit: ``(max_abs_shift, max_abs_angle)`` (pixels, degrees): grid points with a larger ``|dy|``,
+                ``|dx|`` or ``|angle|`` are skipped.
 
         Returns ``{"dy", "dx", "angle_deg"}`` such that ``warp(PL_true, (dy, dx), angle)`` is the observed PL."""
         from .pl import gaussian_blur
 
         pred = pl_channels(ebsd_channels_hr[None], self.config.pl)
         obs = gaussian_blur(pl_model[None], 1.0)
-
-        def ncc(a, b):
-            a = a - a.mean()
-            b = b - b.mean()
-            return float((a * b).sum() / (a.norm() * b.norm() + 1e-12))
-
-        m = 4  # ignore the borders the warp invents
+        ncc = _ncc
+        m = _NCC_BORDER
         zero = {"dy": 0.0, "dx": 0.0, "angle_deg": 0.0}
+        if not (shift_step > 0 and angle_step > 0):
+            raise DiffusionInputError(f"register: shift_step and angle_step must be > 0, got {shift_step}, {angle_step}")
+        if center is not None and set(center) != set(zero):
+            raise DiffusionInputError(f"register: center must have the keys dy, dx, angle_deg, got {sorted(center)}")
         if max_shift <= 0 and max_rotation <= 0:
             return zero
         s0 = ncc(pred[..., m:-m, m:-m], obs[..., m:-m, m:-m])
         best = (s0, 0.0, 0.0, 0.0)
-        shifts = np.arange(-max_shift, max_shift + 1e-9, 0.5) if max_shift > 0 else [0.0]
-        angles = np.arange(-max_rotation, max_rotation + 1e-9, 1.0) if max_rotation > 0 else [0.0]
-        for ang in angles:
-            for dy in shifts:
-                for dx in shifts:
+        c = center or zero
+        shifts = np.arange(-max_shift, max_shift + 1e-9, shift_step) if max_shift > 0 else np.zeros(1)
+        angles = np.arange(-max_rotation, max_rotation + 1e-9, angle_step) if max_rotation > 0 else np.zeros(1)
+        lim = limit or (math.inf, math.inf)
+        for ang in angles + c["angle_deg"]:
+            for dy in shifts + c["dy"]:
+                for dx in shifts + c["dx"]:
+                    if abs(dy) > lim[0] + 1e-9 or abs(dx) > lim[0] + 1e-9 or abs(ang) > lim[1] + 1e-9:
+                        continue
                     w = warp(pred, (float(dy), float(dx)), math.radians(float(ang)))
                     s = ncc(w[..., m:-m, m:-m], obs[..., m:-m, m:-m])
                     if s > best[0] + 1e-6:
@@ -304,7 +336,7 @@ class MultimodalDiffusion:
                       pl_sigma: float | None = None, ebsd_sigma: float = 0.02, guide_sigma: float | None = 0.3,
                       max_shift: float = 2.0, max_rotation: float = 2.0, combine: str = "mean",
                       method: str = "dds", project: bool = True, pl_mode: str = "prox", pl_weight: float = 8.0,
-                      progress: bool = False, **kw) -> EnhanceResult:
+                      refine_registration: bool = True, progress: bool = False, **kw) -> EnhanceResult:
         """EBSD super-resolution with PL.
 
         Args:
@@ -323,6 +355,19 @@ class MultimodalDiffusion:
             project: snap every pixel to the nearby measured orientation (:func:`snap_to_lowres`) closest to
                 the mean of all samples and whose physically rendered PL best matches the observed PL
                 (weight ``pl_weight``); ``False`` returns the decoded sampled channels.
+            refine_registration: with ``project`` and ``max_shift > 0``, re-estimate the shift after sampling
+                on a finer local grid (0.25 px steps, +-0.5 px around the first estimate, within
+                ``max_shift``; the rotation stays the first estimate's, or becomes 0 when no warp fits about as
+                well, ``min_gain`` of :meth:`register`) against the PL predicted from the posterior mean snapped
+                to the measured orientations, and project with it (one extra 25-point search, no re-sampling;
+                module docstring). The refined estimate is kept only when that prediction matches the observed
+                PL better than the bicubic one did (otherwise, e.g. with too few ``steps``, the first estimate
+                is kept). ``res.registration`` is the estimate used, ``res.registration_initial`` the first
+                one; sampling and scores always use the first. Measured on 16 held-out 64x64 sections
+                (``steps=50, n_samples=4``, PL read noise 0.05): mean misorientation 7.951 -> 7.863 deg with PL
+                warped by (1.5, -1, 1 deg) (first-estimate grid-step errors unchanged), 8.149 -> 7.955 with
+                (0.75, -0.25, 0.5 deg), 6.988 -> 6.741 on registered PL (3 spurious estimates rejected); no
+                effect at ``steps=10`` (the check rejects the blurry posterior).
 
         Returns:
             :class:`EnhanceResult` with ``.quaternions (H, W, 4)``.
@@ -354,6 +399,10 @@ class MultimodalDiffusion:
         x = sample(self.unet, self.alphas_cumprod, (n_samples, C, H, W), meas + guide, steps=steps,
                    generator=self._gen(seed), method=method, device=self.device, progress=progress, **kw).cpu()
         res = self._finish(x, meas, (pl_op, pm[None], s_pl), combine, None, t0, reg, False)
+        res.registration_initial = dict(reg)
+        if project and refine_registration and max_shift > 0:
+            reg = self._refine_registration(x, ql, scale, up[0], pm, reg, max_shift, max_rotation)
+            res.registration = reg
         if project:
             obs = pm
             if any(reg[k] for k in reg):   # undo the estimated misregistration (small angles: negate both)
@@ -364,6 +413,30 @@ class MultimodalDiffusion:
         if is_np:
             res.quaternions, res.pl = res.quaternions.numpy(), res.pl.numpy()
         return res
+
+    def _refine_registration(self, x, ql, scale, up, pm, reg0, max_shift, max_rotation) -> dict:
+        """Refined misregistration (see ``super_resolve``'s ``refine_registration``): local 0.25 px shift search
+        around ``reg0`` (rotation kept) with the posterior mean snapped to the measured orientations; kept only
+        when that prediction fits the observed PL (NCC at its estimate) better than the bicubic prediction ``up``
+        fits it at ``reg0``. (A 0.5 degree rotation grid as well was measured: it traded rotation for shift on
+        sections with an on-grid warp, 6 of 16 worse, so the rotation is not refined.)"""
+        sharp = quat_to_channels(snap_to_lowres(x.mean(0), ql, scale))
+        reg = self.register(sharp, pm, min(max_shift, 0.5), 0.0, shift_step=0.25, center=reg0,
+                            limit=(max_shift, max(max_rotation, abs(reg0["angle_deg"]))))
+        if self._fit(sharp, pm, reg) <= self._fit(up, pm, reg0):
+            return dict(reg0)
+        return reg
+
+    def _fit(self, ebsd_channels_hr, pl_model, reg) -> float:
+        """NCC (as in :meth:`register`) of the PL predicted from ``ebsd_channels_hr`` warped by ``reg`` and the
+        observed PL."""
+        from .pl import gaussian_blur
+
+        pred = warp(pl_channels(ebsd_channels_hr[None], self.config.pl), (reg["dy"], reg["dx"]),
+                    math.radians(reg["angle_deg"]))
+        obs = gaussian_blur(pl_model[None], 1.0)
+        m = _NCC_BORDER
+        return _ncc(pred[..., m:-m, m:-m], obs[..., m:-m, m:-m])
 
     def denoise_pl(self, pl_noisy, ebsd_sparse=None, n_samples: int = 4, seed=0, steps: int = 50,
                    pl_sigma: float | None = None, ebsd_sigma: float = 0.02, method: str = "dds",
