@@ -100,14 +100,19 @@ def all_keep_masks(policy: EvictionPolicy, rec: dict) -> dict:
         groups.setdefault((tuple(q.shape), k.shape[1]), []).append(i)
     for (qshape, hk), layers in groups.items():
         B, H, T, _ = qshape
-        if policy.needs_scores:
-            logits = torch.cat([_scores(policy, rec[i]) for i in layers], 0)
-        else:
-            logits = rec[layers[0]][1].new_empty(B * len(layers), H, T, T)
-        keep = keep_masks(policy, logits, hk)
+        if not policy.needs_scores:  # position-only masks: one for all layers of this shape
+            keep = keep_masks(policy, _shape_only(rec[layers[0]][1], B, H, T), hk)
+            out.update({i: keep for i in layers})
+            continue
+        keep = keep_masks(policy, torch.cat([_scores(policy, rec[i]) for i in layers], 0), hk)
         for j, i in enumerate(layers):
             out[i] = keep[j * B:(j + 1) * B]
     return out
+
+
+def _shape_only(like: torch.Tensor, B: int, H: int, T: int) -> torch.Tensor:
+    """A (B, H, T, T) stand-in for the scores of policies that use only positions (no memory behind it)."""
+    return like.new_zeros(()).expand(B, H, T, T)
 
 
 def layer_loss(policy: EvictionPolicy, maps, rec_item, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -118,7 +123,7 @@ def layer_loss(policy: EvictionPolicy, maps, rec_item, keep: torch.Tensor | None
     hk = k.shape[1]
     if keep is None:
         logits = _scores(policy, rec_item)
-        keep = keep_masks(policy, logits if logits is not None else q.new_empty(B, H, T, T), hk)
+        keep = keep_masks(policy, logits if logits is not None else _shape_only(q, B, H, T), hk)
     o = less_attention(q, k, v, keep, maps, s)
     rows = slice(policy.budget, T)  # queries that have evicted tokens
     y = _o_proj(module, o.transpose(1, 2).reshape(B, T, H * D)[:, rows])
