@@ -294,6 +294,27 @@ def test_rpca_widget_adds_low_rank_and_sparse(make_napari_viewer, qtbot):
     assert ((np.abs(sparse) > 1e-3) == (S.numpy() != 0)).mean() > 0.999
 
 
+def test_rpca_widget_reports_a_runtime_error(make_napari_viewer, qtbot, monkeypatch):
+    """A RuntimeError inside the RPCA worker (torch raises those) reaches the status line instead of leaving
+    the widget at "running ..." (superqt would swallow it without emitting ``errored``)."""
+    import tensorrpca
+
+    def boom(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(tensorrpca, "rpca", boom)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).random((6, 7, 8)).astype(np.float32), name="field")
+    w = RPCAWidget(viewer)
+    w.ranks.setText("2,2,2")
+    n_layers = len(viewer.layers)
+    assert w.run() is not None
+    qtbot.waitUntil(lambda: w.status.text() != "running ...", timeout=60_000)
+    assert QThreadPool.globalInstance().waitForDone(60_000)
+    assert w.status.text() == "RPCA failed: RuntimeError: boom"
+    assert len(viewer.layers) == n_layers
+
+
 def test_writer_saves_recoverable_dream3d(make_napari_viewer, tmp_path, small_volume):
     from ebsd.io import load_volume, save_volume
 

@@ -242,7 +242,7 @@ class RecoverSlicesWidget(QWidget):
                     return None
                 return current, disagreement
             except RuntimeError as exc:  # see the note above: superqt would swallow it without any signal
-                raise _WorkerFailed(f"{type(exc).__name__}: {exc}") from exc
+                raise _WorkerFailed.wrap(exc) from exc
 
         self.progress.setRange(0, len(runs))
         self.progress.setValue(0)
@@ -330,7 +330,12 @@ class RecoverSlicesWidget(QWidget):
 
 
 class _WorkerFailed(Exception):
-    """A ``RuntimeError`` from the recovery, re-raised under another type so that the worker reports it."""
+    """A ``RuntimeError`` raised in a worker, re-raised under another type so that the worker reports it
+    (superqt takes a ``RuntimeError`` for a deleted worker and emits neither ``errored`` nor ``finished``)."""
+
+    @classmethod
+    def wrap(cls, exc: BaseException) -> "_WorkerFailed":
+        return cls(f"{type(exc).__name__}: {exc}")
 
 
 class RPCAWidget(QWidget):
@@ -376,11 +381,14 @@ class RPCAWidget(QWidget):
             self.status.setText(f"give {Y.ndim} ranks for this {Y.ndim}-D layer")
             return None
 
-        @thread_worker
+        @thread_worker(ignore_errors=True)  # errors are shown by the errored slot below
         def _work():
             from tensorrpca import rpca
 
-            return rpca(Y, ranks=tuple(ranks), max_iter=max_iter)
+            try:
+                return rpca(Y, ranks=tuple(ranks), max_iter=max_iter)
+            except RuntimeError as exc:
+                raise _WorkerFailed.wrap(exc) from exc
 
         def _done(res):
             kw = {"scale": layer.scale, "translate": layer.translate}
