@@ -2,8 +2,8 @@
 import sys, torch
 sys.path.insert(0, "benchmarks")
 from gpu_rpca import bench, maxrel
-from kernels._triton_rpca import triton_residual_contract
-from kernels.rpca_fused import residual_contract_torch
+from tensorkernels._triton_rpca import triton_residual_contract
+from tensorkernels.rpca_fused import residual_contract_torch
 n, r = 512, 10
 g = torch.Generator(device="cuda").manual_seed(0)
 Y = torch.randn(n, n, n, device="cuda", generator=g)

@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _harness import Table, results_dir, time_call  # noqa: E402
 
-from kernels.misorientation import misorientation_angle as kernel_angle  # noqa: E402
-from kernels.misorientation import torch_misorientation_angle  # noqa: E402
+from tensorkernels.misorientation import misorientation_angle as kernel_angle  # noqa: E402
+from tensorkernels.misorientation import torch_misorientation_angle  # noqa: E402
 
 
 def rand_q(n: int, device, seed: int) -> torch.Tensor:

@@ -10,7 +10,7 @@ Reports
 * the memory-bandwidth floor: bytes that must move per iteration (one read of Y; the rest is r/I smaller)
   divided by the device copy bandwidth measured here (``dst.copy_(src)``, 2 bytes moved per byte copied);
 * a full ``rpca`` run on the same problem: iterations, seconds, relative error vs X*;
-* kernels foundation: threshold_residual and tucker_to_tensor / mode_product, Triton vs torch reference on a
+* tensorkernels foundation: threshold_residual and tucker_to_tensor / mode_product, Triton vs torch reference on a
   512^3 float32 tensor (max relative error, time).
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import Table, results_dir  # noqa: E402
 
-from kernels import mode_product, threshold_residual, tucker_to_tensor  # noqa: E402
+from tensorkernels import mode_product, threshold_residual, tucker_to_tensor  # noqa: E402
 from tensorrpca import rpca  # noqa: E402
 from tensorrpca.scaledgd import _GraphStep, scaledgd_step, spectral_init  # noqa: E402
 from tensorrpca.synthetic import synthetic_rpca  # noqa: E402
@@ -124,10 +124,10 @@ def main(argv=None) -> int:
         except Exception as exc:  # pragma: no cover
             results["cuda_graph"] = f"{type(exc).__name__}: {exc}"[:200]
         # the residual pass alone
-        from kernels.rpca_fused import residual_contract
+        from tensorkernels.rpca_fused import residual_contract
 
         from tensorrpca.scaledgd import _as3
-        from kernels import multi_mode_product
+        from tensorkernels import multi_mode_product
 
         H = _as3(multi_mode_product(core, list(factors[:-1]), modes=list(range(len(shape) - 1))))
         args3 = (_as3(Y), H, factors[-1], factors[-2], zeta)
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
         print(f"full rpca (defaults): {res.n_iter} iterations, {secs:.2f} s, rel. error {err:.2e}", flush=True)
         del res
 
-    # --- kernels foundation
+    # --- tensorkernels foundation
     kt = Table(f"kernels on {shape} float32 ({env['device']}): Triton vs torch reference",
                ["kernel", "torch ms", "triton ms", "auto ms", "max rel. error"])
     X = p.low_rank

@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from kernels import tucker_to_tensor  # noqa: E402
+from tensorkernels import tucker_to_tensor  # noqa: E402
 from tensorrpca import rpca  # noqa: E402
 from tensorrpca.scaledgd import scaledgd_step, spectral_init  # noqa: E402
 from tensorrpca.synthetic import synthetic_rpca  # noqa: E402

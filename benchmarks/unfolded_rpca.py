@@ -40,7 +40,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import Table, results_dir  # noqa: E402
 
-from kernels import tucker_to_tensor  # noqa: E402
+from tensorkernels import tucker_to_tensor  # noqa: E402
 from tensorrpca import RPCAConvergenceWarning, UnfoldedRPCA  # noqa: E402
 from tensorrpca.synthetic import synthetic_rpca  # noqa: E402
 from tensorrpca.unfolded import random_search  # noqa: E402

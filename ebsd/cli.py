@@ -1,23 +1,50 @@
-"""The ``ebsdtk`` command line: one entry point, one subcommand per module in :mod:`ebsd.commands`.
+"""The ``ebsdtk`` command line: one entry point, one subcommand per module.
 
-Each ``ebsd/commands/<name>.py`` defines ``register(subparsers)`` that adds its parser and sets
-``func`` (called with the parsed arguments, returning an exit code). Registration imports only
-argparse-level code; the heavy work imports inside ``func``.
+Each subcommand module defines ``register(subparsers)`` that adds its parser and sets ``func`` (called
+with the parsed arguments, returning an exit code). Registration imports only argparse-level code; the
+heavy work imports inside ``func``.
+
+Where subcommands come from:
+
+* ``ebsd/commands/<name>.py`` for the names in :data:`COMMANDS` (this package's own);
+* the ``ebsdtk.commands`` entry-point group, for subcommands that live in packages *above* ``ebsd``
+  (``ebsd`` never imports them: the package graph runs one way). This distribution declares
+  ``enhance = "diffusion.cli"`` there; another distribution may add its own commands the same way.
+  A command whose module fails to import is left out with a note on stderr, never a crash.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
+from types import ModuleType
+from typing import Iterable
 
 from . import __version__
 from .errors import EBSDError
 
-# in the order ``--help`` lists them
-COMMANDS = ["info", "synth", "rpca", "recover", "enhance", "demo", "view", "batch"]
+# this package's own subcommands, in the order ``--help`` lists them (entry-point commands follow, by name)
+COMMANDS = ["info", "synth", "rpca", "recover", "demo", "view", "batch"]
+
+ENTRY_POINT_GROUP = "ebsdtk.commands"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _entry_point_commands() -> list[tuple[str, object]]:
+    """``(name, entry point)`` of the ``ebsdtk.commands`` group, one per name, sorted by name."""
+    seen: dict[str, object] = {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        seen.setdefault(ep.name, ep)
+    return sorted(seen.items())
+
+
+def build_parser(extra: Iterable[ModuleType] = ()) -> argparse.ArgumentParser:
+    """The ``ebsdtk`` parser: own commands, then entry-point commands, then ``extra`` modules.
+
+    Args:
+        extra: subcommand modules (each with ``NAME`` and ``register(subparsers)``) to add when no entry
+            point registered that name, e.g. by ``python -m diffusion`` in a source tree never installed.
+    """
     parser = argparse.ArgumentParser(
         prog="ebsdtk",
         description="ebsd-tensor-toolkit: 3-D EBSD volumes, slice recovery, tensor RPCA, PL/EBSD diffusion.",
@@ -25,18 +52,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ebsdtk {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
+        importlib.import_module(f"ebsd.commands.{name}").register(sub)
+    registered = set(sub.choices)
+    for name, ep in _entry_point_commands():
+        if name in registered:
+            print(f"ebsdtk: note: command {name!r} from entry point {ep.value!r} ignored: the name is taken",
+                  file=sys.stderr)
+            continue
         try:
-            mod = importlib.import_module(f"ebsd.commands.{name}")
-        except ModuleNotFoundError as exc:  # a subcommand not built yet
-            if exc.name != f"ebsd.commands.{name}":
-                raise
+            mod = ep.load()
+        except Exception as exc:  # a broken plugin must not take the whole CLI down
+            print(f"ebsdtk: note: command {name!r} ({ep.value}) is unavailable: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
             continue
         mod.register(sub)
+        registered = set(sub.choices)
+    for mod in extra:
+        if mod.NAME not in sub.choices:  # not registered by an entry point (e.g. a source tree never installed)
+            mod.register(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, extra: Iterable[ModuleType] = ()) -> int:
+    parser = build_parser(extra)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):  # no subcommand: a usage error (argparse convention: stderr, exit 2)
         parser.print_help(sys.stderr)

@@ -29,7 +29,7 @@ a teacher-forced continuation passed after the prompt is a decode step too. Deco
   step is two dense matmuls on the sliced weights. The buffers keep their addresses, so a compiled /
   CUDA-graph decode step does not recompile or re-record per prompt.
 * batch > 1 with per-sequence experts (``batch_experts="per_sequence"``, default): the gathered FF of
-  :func:`kernels.gathered_ff` (Triton on CUDA: gate/up rows and down columns indexed per sequence,
+  :func:`tensorkernels.gathered_ff` (Triton on CUDA: gate/up rows and down columns indexed per sequence,
   activation and product fused; torch reference elsewhere).
 
 Under ``torch.compile`` tracing or CUDA-graph capture no device value is read: a traced forward is a
@@ -105,7 +105,7 @@ class Griffin:
         seed: seed of ``"random"`` and ``"sample"``.
         batch_experts: ``"per_sequence"`` (each sequence of a batch keeps its own experts) or ``"shared"``
             (one set per batch from the summed squared scores of all its real prompt tokens).
-        backend: kernel backend of the per-sequence path (see :mod:`kernels`).
+        backend: kernel backend of the per-sequence path (see :mod:`tensorkernels`).
     """
 
     def __init__(self, model: nn.Module, density: float = 0.5, per_layer: Sequence[float] | dict | None = None,
@@ -378,7 +378,7 @@ class Griffin:
         return forward
 
     def _per_seq(self, ff: _FF, x: torch.Tensor) -> torch.Tensor:
-        from kernels.gathered_ff import gathered_ff
+        from tensorkernels.gathered_ff import gathered_ff
 
         s = ff.spec
         squeeze = x.dim() == 2
@@ -388,7 +388,7 @@ class Griffin:
                 f"GRIFFIN selected experts for a batch of {ff.idx.shape[0]} sequences but the decode step has "
                 f"{x3.shape[0]}; call .reset() (or run a new prefill) when the batch changes"
             )
-        from kernels import resolve_backend
+        from tensorkernels import resolve_backend
 
         backend = self.backend
         use_triton = resolve_backend(backend, x3) == "triton"

@@ -26,7 +26,7 @@ from typing import Sequence
 
 import torch
 
-from kernels import multi_mode_product, threshold_residual, unfold
+from tensorkernels import multi_mode_product, threshold_residual, unfold
 
 _SAMPLE = 1 << 20  # entries used for the robust quantiles (exact below this size)
 _MAD = 1.482602218505602  # 1 / Phi^{-1}(3/4): MAD -> standard deviation for Gaussian data

@@ -16,7 +16,7 @@
   (computed exactly in r-space, float64) is below ``tol`` or ``max_iter`` is reached.
 
 The residual pass (form ``X``, threshold, contract with ``U_N`` and ``U_{N-1}``) is the only work on full-size
-tensors; on CUDA it is one fused Triton kernel (:func:`kernels.residual_contract`) that never writes ``X``
+tensors; on CUDA it is one fused Triton kernel (:func:`tensorkernels.residual_contract`) that never writes ``X``
 or ``R``.
 """
 from __future__ import annotations
@@ -29,8 +29,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from kernels import multi_mode_product, residual_contract, threshold_residual, tucker_to_tensor, unfold
-from kernels.rpca_fused import residual_contract_torch
+from tensorkernels import multi_mode_product, residual_contract, threshold_residual, tucker_to_tensor, unfold
+from tensorkernels.rpca_fused import residual_contract_torch
 
 from . import _init
 from .errors import RPCAConvergenceWarning, RPCAInputError
@@ -171,7 +171,7 @@ def scaledgd_step(
         factors: ``U_i`` of shape ``(I_i, r_i)``; core: ``G`` of shape ``(r_1, ..., r_N)``.
         zeta: threshold for this iteration (float or 0-d tensor; a tensor that requires grad selects the
             differentiable torch path); eta: step size (float or tensor).
-        mode: ``"hard"`` or ``"soft"`` thresholding. backend: kernel backend (see :mod:`kernels`).
+        mode: ``"hard"`` or ``"soft"`` thresholding. backend: kernel backend (see :mod:`tensorkernels`).
     """
     N = Y.ndim
     factors = list(factors)
@@ -260,7 +260,7 @@ class _GraphStep:
 def _make_graph_step(Y, factors, core, zeta, eta, mode, backend, want):
     if want is False or not Y.is_cuda:
         return None
-    from kernels import resolve_backend
+    from tensorkernels import resolve_backend
 
     if resolve_backend(backend, Y) != "triton":
         return None

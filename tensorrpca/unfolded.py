@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kernels import threshold_residual, tucker_to_tensor
+from tensorkernels import threshold_residual, tucker_to_tensor
 
 from .errors import RPCAConvergenceWarning, RPCAFileExistsError, RPCAInputError
 from .scaledgd import (

@@ -1,7 +1,7 @@
 """Shared test configuration.
 
 * Without CUDA, Triton kernels run in Triton's CPU interpreter: ``TRITON_INTERPRET=1`` is set here,
-  before anything imports :mod:`kernels`, so the interpreter tests exercise the real kernel code.
+  before anything imports :mod:`tensorkernels`, so the interpreter tests exercise the real kernel code.
 * ``gpu`` tests skip cleanly without CUDA; ``napari`` tests skip without a display.
 """
 from __future__ import annotations

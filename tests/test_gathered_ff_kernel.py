@@ -1,4 +1,4 @@
-"""kernels.gathered_ff: Triton kernel (CUDA, or CPU under TRITON_INTERPRET=1) and torch reference vs float64."""
+"""tensorkernels.gathered_ff: Triton kernel (CUDA, or CPU under TRITON_INTERPRET=1) and torch reference vs float64."""
 from __future__ import annotations
 
 import os
@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-from kernels import gathered_ff
-from kernels.gathered_ff import ACTIVATIONS, gathered_ff_reference
+from tensorkernels import gathered_ff
+from tensorkernels.gathered_ff import ACTIVATIONS, gathered_ff_reference
 
 
 def _can_triton():

@@ -11,9 +11,9 @@ import tensorly as tl
 import torch
 from tensorly.tenalg import multi_mode_dot
 
-import kernels
-from kernels import KernelBackendError, multi_mode_product, mode_product, threshold, threshold_residual, tucker_to_tensor
-from kernels.tucker import _best_order, fold, unfold
+import tensorkernels
+from tensorkernels import KernelBackendError, multi_mode_product, mode_product, threshold, threshold_residual, tucker_to_tensor
+from tensorkernels.tucker import _best_order, fold, unfold
 
 from conftest import triton_ok
 
@@ -159,9 +159,9 @@ def test_tucker_to_tensor_triton_matches_reference():
 
 def test_backend_resolution(monkeypatch):
     x = torch.randn(4)
-    assert kernels.resolve_backend(None, x) == "torch"  # CPU tensors never pick Triton automatically
+    assert tensorkernels.resolve_backend(None, x) == "torch"  # CPU tensors never pick Triton automatically
     monkeypatch.setenv("EBSDTK_KERNEL_BACKEND", "torch")
-    assert kernels.resolve_backend(None, x) == "torch"
+    assert tensorkernels.resolve_backend(None, x) == "torch"
     monkeypatch.setenv("EBSDTK_KERNEL_BACKEND", "nonsense")
     with pytest.raises(KernelBackendError):
-        kernels.resolve_backend(None, x)
+        tensorkernels.resolve_backend(None, x)

@@ -1,4 +1,4 @@
-"""kernels.misorientation: closed forms and the Triton kernel against a float64 brute force over all operators."""
+"""tensorkernels.misorientation: closed forms and the Triton kernel against a float64 brute force over all operators."""
 from __future__ import annotations
 
 import math
@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from kernels import KernelBackendError
-from kernels.misorientation import (
+from tensorkernels import KernelBackendError
+from tensorkernels.misorientation import (
     CUBIC_OPERATORS,
     HEXAGONAL_OPERATORS,
     misorientation_angle,

@@ -1,12 +1,12 @@
-"""kernels.quant: Triton (interpreter on CPU) and torch reference vs an independent float64 reference."""
+"""tensorkernels.quant: Triton (interpreter on CPU) and torch reference vs an independent float64 reference."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from kernels._dispatch import triton_available
-from kernels.quant import dequantize_sum, packed_width, quantize_pack
+from tensorkernels._dispatch import triton_available
+from tensorkernels.quant import dequantize_sum, packed_width, quantize_pack
 
 BACKENDS = ["torch"] + (["triton"] if triton_available() else [])
 

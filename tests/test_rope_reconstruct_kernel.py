@@ -1,12 +1,12 @@
-"""kernels.rope_reconstruct: Triton (interpreter on CPU) and torch reference vs float64 on small odd sizes."""
+"""tensorkernels.rope_reconstruct: Triton (interpreter on CPU) and torch reference vs float64 on small odd sizes."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from conftest import triton_ok
-from kernels import rope_reconstruct
-from kernels.rope_reconstruct import rope_reconstruct_reference
+from tensorkernels import rope_reconstruct
+from tensorkernels.rope_reconstruct import rope_reconstruct_reference
 
 
 def _float64_truth(A, Bf, idx, pos, inv_freq, s):

@@ -1,4 +1,4 @@
-"""Fused residual pass (kernels.residual_contract): Triton kernel vs float64 torch reference.
+"""Fused residual pass (tensorkernels.residual_contract): Triton kernel vs float64 torch reference.
 
 On CPU the Triton kernel runs in Triton's interpreter (conftest sets TRITON_INTERPRET=1 without CUDA)."""
 from __future__ import annotations
@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-from kernels import residual_contract
-from kernels.rpca_fused import residual_contract_torch
+from tensorkernels import residual_contract
+from tensorkernels.rpca_fused import residual_contract_torch
 
 triton_runs = pytest.mark.skipif(
     not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")),

@@ -10,7 +10,7 @@ import torch
 from tensorrpca import RPCAInputError, RPCAParams, RPCAResult, rpca
 from tensorrpca.scaledgd import relative_change, scaledgd_step, spectral_init
 from tensorrpca.synthetic import synthetic_rpca
-from kernels import tucker_to_tensor
+from tensorkernels import tucker_to_tensor
 
 
 def rel_err(A, B):

@@ -68,7 +68,7 @@ def segment_grains(q, symmetry, threshold_deg: float = 5.0, valid=None, connecti
         threshold_deg: misorientation threshold in degrees (``> 0``).
         valid: optional boolean mask shaped like ``q`` without its last axis; invalid voxels get label -1.
         connectivity: 6 (default), 18 or 26 in 3-D; 4 (default) or 8 in 2-D.
-        backend: kernel backend for the misorientation angles (see :mod:`kernels`).
+        backend: kernel backend for the misorientation angles (see :mod:`tensorkernels`).
 
     Returns:
         ``(labels, n_grains)``: int64 labels shaped like the map (torch on ``q``'s device, or numpy for numpy

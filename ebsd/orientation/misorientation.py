@@ -10,15 +10,15 @@ rotations ``S_k`` of the group:
 
 (``|.|`` because ``q`` and ``-q`` are the same rotation; ``<S_k, M>`` is the scalar part of ``S_k^-1 M``).
 This is what orix's ``Orientation.angle_with`` computes. For ``m-3m`` and ``6/mmm`` the hot path is the
-closed form in :mod:`kernels.misorientation` (torch anywhere, Triton on CUDA); other groups use a small
+closed form in :mod:`tensorkernels.misorientation` (torch anywhere, Triton on CUDA); other groups use a small
 matrix product with the operator table.
 """
 from __future__ import annotations
 
 import torch
 
-from kernels.misorientation import misorientation_angle as _kernel_angle
-from kernels._dispatch import resolve_backend
+from tensorkernels.misorientation import misorientation_angle as _kernel_angle
+from tensorkernels._dispatch import resolve_backend
 
 from ..errors import EBSDValueError
 from ._util import as_quat, chunked_rows, common, numpy_edge

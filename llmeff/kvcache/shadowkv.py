@@ -14,7 +14,7 @@ At prefill (the first forward of a sequence; its attention is exact):
 
 At decode: softmax(q . landmarks / sqrt(D)) summed over the query heads of each key-value group picks the top
 ``budget // chunk`` chunks (outliers excluded, they are exact anyway); their keys are rebuilt by
-:func:`kernels.rope_reconstruct` while their values are gathered on the CPU and copied over (on a side stream
+:func:`tensorkernels.rope_reconstruct` while their values are gathered on the CPU and copied over (on a side stream
 on CUDA); attention runs over [rebuilt chunks, exact tokens, new tokens]. Generated tokens are kept exactly.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from ._layers import PolicyLayer, _bool_mask, _gather_cols
 from .base import KVPolicy
 
 
-_KERNEL_BACKEND = None  # kernels' default: Triton on CUDA
+_KERNEL_BACKEND = None  # tensorkernels' default: Triton on CUDA
 
 
 class ShadowKV(KVPolicy):
@@ -163,7 +163,7 @@ class ShadowKVLayer(PolicyLayer):
         """Keys of tokens ``tok`` from the factors, RoPE applied (the Triton kernel on CUDA; if it cannot run there,
         once a warning and the torch reference from then on)."""
         global _KERNEL_BACKEND
-        from kernels import rope_reconstruct
+        from tensorkernels import rope_reconstruct
 
         try:
             return rope_reconstruct(self.A, self.Bf, tok, self.rope_pos, inv_freq, scaling, backend=_KERNEL_BACKEND)

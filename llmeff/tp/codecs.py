@@ -19,7 +19,7 @@ with a partial sum ``x_r`` ``(N, D)`` (``N`` tokens, ``D`` hidden features); the
   ``G`` int4 features (``16 / G`` more bits/value) for inputs that drift outside the calibrated range.
 
 int4/int8 payloads cannot be summed in flight, so quantized codecs reduce by an **all-gather of the packed
-payloads followed by local dequantize-and-sum** (:func:`kernels.quant.dequantize_sum`, summed in rank
+payloads followed by local dequantize-and-sum** (:func:`tensorkernels.quant.dequantize_sum`, summed in rank
 order: every rank ends with identical values, its own contribution included in its quantized form).
 
 Accounting (:attr:`Codec.stats`): calls, values reduced, payload bytes per rank, and the bytes each rank
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from kernels.quant import dequantize_sum, packed_width, quantize_pack
+from tensorkernels.quant import dequantize_sum, packed_width, quantize_pack
 
 from ..errors import LLMEffValueError
 
@@ -338,7 +338,7 @@ class OutlierInt4Codec(Codec):
         gs = (yp.abs().amax(-1) / 7.0).clamp_min(1e-30).to(torch.bfloat16)       # (N, ng)
         q = torch.round(yp / gs.float().unsqueeze(-1)).clamp_(-8, 7) + 8
         q = q.view(N, ng * G)[:, :Di].to(torch.uint8)
-        from kernels.quant import pack_reference
+        from tensorkernels.quant import pack_reference
 
         return pack_reference(q, 4), gs.contiguous().view(torch.uint8)
 
@@ -358,7 +358,7 @@ class OutlierInt4Codec(Codec):
                                       backend=self.backend)
             out[:, self.inliers] = acc
         else:
-            from kernels.quant import unpack_reference
+            from tensorkernels.quant import unpack_reference
 
             ng, G = self._n_groups(Di), self.group_size
             gs = payloads[..., nq + 2 * k:].contiguous().view(torch.bfloat16).float()        # (W, N, ng)

@@ -110,7 +110,7 @@ def shard(model: nn.Module, codec: str | Callable[[str], Codec] = "bf16", rank: 
     Args:
         codec: a codec name (:data:`llmeff.tp.codecs.CODECS`) or a factory ``site -> Codec``.
         rank, world: default: from the initialised default process group (``0, 1`` without one).
-        backend: kernel backend of the quantize/dequantize kernels (see :mod:`kernels`).
+        backend: kernel backend of the quantize/dequantize kernels (see :mod:`tensorkernels`).
         codec_kw: passed to :func:`make_codec`.
     """
     if rank is None or world is None:

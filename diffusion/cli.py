@@ -6,9 +6,15 @@ Inputs and outputs are ``.npy`` files: EBSD as ``(h, w, 4)`` quaternions (NaN = 
 """
 from __future__ import annotations
 
+# This subcommand lives in `diffusion`, not in `ebsd.commands`, because `ebsd` never imports `diffusion` (the
+# package graph runs one way). `ebsdtk` finds it through the `ebsdtk.commands` entry point declared in
+# pyproject.toml (enhance = "diffusion.cli"); `python -m diffusion enhance ...` runs it without that lookup.
+
 import argparse
 import sys
 from pathlib import Path
+
+NAME = "enhance"  # the ebsdtk subcommand this module registers
 
 
 def register(subparsers) -> None:
@@ -79,7 +85,7 @@ def run(args) -> int:
     except (DiffusionError, OSError, ValueError) as exc:
         print(f"ebsdtk enhance: error: {exc}", file=sys.stderr)
         return 2
-    from ..io._atomic import atomic_file
+    from ebsd.io._atomic import atomic_file
 
     with atomic_file(out, overwrite=args.overwrite) as tmp:  # also checked before the work started
         with open(tmp, "wb") as fh:

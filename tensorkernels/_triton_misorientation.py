@@ -1,4 +1,4 @@
-"""Triton implementation of :func:`kernels.misorientation.misorientation_angle` (432 and 622).
+"""Triton implementation of :func:`tensorkernels.misorientation.misorientation_angle` (432 and 622).
 
 One program handles ``BLOCK`` pairs: 8 loads, the relative rotation ``M = q2 q1^-1``, the symmetry reduction
 with the group's rotations as compile-time constants (closed form for 432, an unrolled loop over the
@@ -15,7 +15,7 @@ import triton.language as tl
 
 # compile-time constants (Triton reads module globals only when they are tl.constexpr)
 _R2 = tl.constexpr(math.sqrt(0.5))
-# cos/sin of k * 30 degrees, k = 0..5 (the 622 operators, see kernels.misorientation.HEXAGONAL_OPERATORS)
+# cos/sin of k * 30 degrees, k = 0..5 (the 622 operators, see tensorkernels.misorientation.HEXAGONAL_OPERATORS)
 _C0, _C1, _C2, _C3, _C4, _C5 = (tl.constexpr(math.cos(k * math.pi / 6)) for k in range(6))
 _S0, _S1, _S2, _S3, _S4, _S5 = (tl.constexpr(math.sin(k * math.pi / 6)) for k in range(6))
 _HALF_PI = tl.constexpr(math.pi / 2)

@@ -1,6 +1,6 @@
-"""Fused CPU loops for :func:`kernels.misorientation.misorientation_angle` (numba, multi-threaded).
+"""Fused CPU loops for :func:`tensorkernels.misorientation.misorientation_angle` (numba, multi-threaded).
 
-The same formulas as the torch reference and the Triton kernel (see :mod:`kernels.misorientation`), one
+The same formulas as the torch reference and the Triton kernel (see :mod:`tensorkernels.misorientation`), one
 pass per pair: load 8 numbers, relative rotation, symmetry reduction, ``2 atan2(|vec|, |scal|)``.
 Compiled on first use and cached on disk (``cache=True``).
 """

@@ -60,7 +60,7 @@ def rope_reconstruct(A, Bf, idx, positions, inv_freq, attention_scaling: float =
         A: (B, T, r) left factor (rows: tokens). Bf: (B, r, Hkv*D) right factor.
         idx: (B, Hkv, N) integer token indices per key-value head. positions: (B, T) rotary positions.
         inv_freq: (D/2,) float32 RoPE inverse frequencies. attention_scaling: RoPE output scale.
-        backend: see :mod:`kernels`.
+        backend: see :mod:`tensorkernels`.
     """
     _check(A, Bf, idx, positions, inv_freq)
     if resolve_backend(backend, A, Bf, idx, positions, inv_freq) == "triton":

@@ -1,4 +1,4 @@
-"""Triton implementation of :mod:`kernels.quant` (quantize + pack; dequantize + sum over ranks)."""
+"""Triton implementation of :mod:`tensorkernels.quant` (quantize + pack; dequantize + sum over ranks)."""
 from __future__ import annotations
 
 import torch

@@ -103,7 +103,7 @@ def gathered_ff(
         b_up, b_gate: optional ``(d_ff,)`` biases.
         act: ``"silu"``, ``"gelu"``, ``"gelu_tanh"``, ``"relu"``, or a callable (torch backend only; with
             ``backend="auto"`` a callable selects the torch path).
-        backend: see :mod:`kernels`.
+        backend: see :mod:`tensorkernels`.
 
     Returns:
         ``(B, d_out)`` or ``(B, S, d_out)`` in ``x.dtype``.

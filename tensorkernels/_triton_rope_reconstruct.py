@@ -1,4 +1,4 @@
-"""Triton implementation of :func:`kernels.rope_reconstruct.rope_reconstruct`.
+"""Triton implementation of :func:`tensorkernels.rope_reconstruct.rope_reconstruct`.
 
 One program per (batch, key-value head, block of BLOCK_N selected tokens): it gathers the r-vectors of its rows,
 multiplies them by the head's two halves of ``Bf`` (blocks of BLOCK_R ranks, float32 accumulation), then rotates

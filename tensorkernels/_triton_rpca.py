@@ -1,4 +1,4 @@
-"""Triton kernel for :func:`kernels.rpca_fused.residual_contract`.
+"""Triton kernel for :func:`tensorkernels.rpca_fused.residual_contract`.
 
 Grid ``(P, J / BJ, I-chunks)``. A program owns the slab ``Y[p, i0:i1, j0:j0+BJ]`` and walks it in
 ``BI x BJ`` tiles: ``X = H[p, i-tile, :] @ U_N[j-block, :]^T`` (a K = r_N dot), ``R`` thresholded in

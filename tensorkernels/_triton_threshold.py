@@ -1,4 +1,4 @@
-"""Triton implementation of :func:`kernels.threshold.threshold_residual`."""
+"""Triton implementation of :func:`tensorkernels.threshold.threshold_residual`."""
 from __future__ import annotations
 
 import torch

@@ -69,7 +69,7 @@ def residual_contract(
     Args:
         Y: ``(P, I, J)``; H: ``(P, I, r_N)``; UN: ``(J, r_N)``; Uprev: ``(I, r_{N-1})``; all one dtype/device.
         zeta: threshold ``>= 0`` (a float, or a one-element tensor on the device: read by the kernel at run
-            time, so a captured CUDA graph can be replayed with a new threshold); mode: ``"hard"`` or ``"soft"``; backend: see :mod:`kernels`.
+            time, so a captured CUDA graph can be replayed with a new threshold); mode: ``"hard"`` or ``"soft"``; backend: see :mod:`tensorkernels`.
     Returns:
         ``PN`` of shape ``(P, I, r_N)`` and ``Q`` of shape ``(P, r_{N-1}, J)``.
     """

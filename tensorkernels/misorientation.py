@@ -148,7 +148,7 @@ def misorientation_angle(
     Args:
         q1, q2: unit quaternions ``(..., 4)``, scalar first; leading shapes broadcast. Same device.
         group: ``"432"`` (also ``"m-3m"``, ``"Oh"``) or ``"622"`` (``"6/mmm"``, ``"D6h"``).
-        backend: ``None``/``"auto"``, ``"torch"`` or ``"triton"`` (see :mod:`kernels`).
+        backend: ``None``/``"auto"``, ``"torch"`` or ``"triton"`` (see :mod:`tensorkernels`).
 
     Returns:
         Angles shaped like the broadcast leading shape, in the promoted floating dtype of the inputs.

@@ -1,4 +1,4 @@
-"""Backend selection shared by every kernel in :mod:`kernels`."""
+"""Backend selection shared by every kernel in :mod:`tensorkernels`."""
 from __future__ import annotations
 
 import functools

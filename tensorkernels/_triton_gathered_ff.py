@@ -1,4 +1,4 @@
-"""Triton implementation of :func:`kernels.gathered_ff.gathered_ff` (two kernels, float32 accumulation)."""
+"""Triton implementation of :func:`tensorkernels.gathered_ff.gathered_ff` (two kernels, float32 accumulation)."""
 from __future__ import annotations
 
 import torch

@@ -54,7 +54,7 @@ def threshold_residual(
         zeta: the threshold (same units as ``Y``), ``>= 0``.
         mode: ``"hard"`` or ``"soft"``.
         out: ``"sparse"`` for ``T_zeta(Y - X)``, ``"residual"`` for ``T_zeta(Y - X) - (Y - X)``.
-        backend: see :mod:`kernels`.
+        backend: see :mod:`tensorkernels`.
 
     Returns:
         A new tensor shaped like ``Y``.
