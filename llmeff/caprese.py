@@ -217,9 +217,9 @@ def generate_distillation_data(model: nn.Module, prompts: torch.Tensor, new_toke
 
 
 def _cache_kw(model) -> str:
-    import inspect
+    from .models import cache_keyword
 
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return cache_keyword(model)
 
 
 def _cache_of(out):

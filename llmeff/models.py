@@ -200,6 +200,14 @@ def find_mlps(model: nn.Module) -> list[FFSpec]:
     return out
 
 
+def cache_keyword(model: nn.Module) -> str:
+    """The keyword that ``model.forward`` takes its KV cache by: ``"cache"`` (newer transformers 5.x
+    releases) or ``"past_key_values"`` (older ones), read from the signature so both work."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def activation_name(act: Callable) -> str | None:
     """A name the Triton kernels understand for an HF activation (``silu``, ``gelu``, ``gelu_tanh``,
     ``relu``), or ``None`` when it is something else (callers then use the torch path)."""

@@ -1,19 +1,30 @@
 #!/usr/bin/env bash
-# One entry point for a fresh clone:  bash scripts/dev.sh demo   |   bash scripts/dev.sh test [pytest args]
-# Creates .venv/ at the repository root (reused when already complete), installs the CPU build of torch
-# first when no torch is present, then this package with the extras the task needs.
+# One entry point for a fresh clone:
+#   bash scripts/dev.sh demo                 set up .venv/, run the demo on bundled sample data
+#   bash scripts/dev.sh test [pytest args]   set up .venv/ with the test extras, run the test suite
+#   bash scripts/dev.sh test --latest [...]  the same in .venv-latest/ with the newest releases (no lock): drift check
+#   bash scripts/dev.sh setup [--latest]     set up only
+#   bash scripts/dev.sh lock                 regenerate requirements/lock-py3XX.txt from a clean newest install
+#
+# .venv/ installs through the committed lock of tested versions (requirements/lock-py311.txt for Python 3.11
+# on Linux x86-64) as a pip constraint, so a fresh machine gets what CI tested. The venv is reused while its
+# stamp (pyproject.toml + lock + extras) matches. torch comes first, at the lock's version: here that is the
+# CPU build on local disk; elsewhere pip's default build of that version.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-VENV="$ROOT/.venv"
 TASK=${1:-demo}
 shift || true
+LATEST=0
+if [ "${1:-}" = "--latest" ]; then LATEST=1; shift; fi
+ALL_EXTRAS="dev,llm,diffusion,napari"
+TORCH_CPU=2.13.0   # torch release installed first when no lock applies (a CPU build of it lies on disk here)
 
 case "$TASK" in
   demo) EXTRAS="" ;;
-  test) EXTRAS="dev,llm,diffusion,napari" ;;
-  setup) EXTRAS="dev,llm,diffusion,napari" ;;
-  *) echo "usage: bash scripts/dev.sh demo|test|setup [args]" >&2; exit 64 ;;
+  test|setup) EXTRAS="$ALL_EXTRAS" ;;
+  lock) EXTRAS="$ALL_EXTRAS" ;;
+  *) echo "usage: bash scripts/dev.sh demo|test|setup [--latest] [args] | lock" >&2; exit 64 ;;
 esac
 
 pick_python() {
@@ -26,33 +37,65 @@ pick_python() {
   echo "error: need Python >= 3.10 (3.11 recommended)" >&2; exit 1
 }
 
-stamp_for() {  # what makes an install "complete": pyproject + extras
-  { cat "$ROOT/pyproject.toml"; echo "extras=$1"; } | sha256sum | cut -c1-16
+PYTHON=$(pick_python)
+PYTAG=$("$PYTHON" -c 'import sys; print(f"py{sys.version_info[0]}{sys.version_info[1]}")')
+LOCK="$ROOT/requirements/lock-$PYTAG.txt"
+
+lock_applies() {  # the lock was made on Linux x86-64 for one Python minor version
+  [ -f "$LOCK" ] && [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ]
 }
 
+stamp_for() {  # what makes an install "complete": pyproject + lock (when used) + extras
+  { cat "$ROOT/pyproject.toml"; [ "$2" = "locked" ] && cat "$LOCK"; echo "extras=$1 mode=$2"; } | sha256sum | cut -c1-16
+}
+
+PIP_Q=(-q --disable-pip-version-check)
+
+# ensure_venv DIR EXTRAS MODE   (MODE: locked = through the lock; latest = newest releases, upgraded every run)
 ensure_venv() {
-  local extras=$1 stamp
-  stamp=$(stamp_for "$extras")
-  if [ -x "$VENV/bin/python" ] && [ -f "$VENV/.ebsdtk-$stamp" ] && "$VENV/bin/python" -c 'import torch, ebsd' 2>/dev/null; then
+  local venv=$1 extras=$2 mode=$3 stamp
+  stamp=$(stamp_for "$extras" "$mode")
+  if [ "$mode" = "locked" ] && [ -x "$venv/bin/python" ] && [ -f "$venv/.ebsdtk-$stamp" ] \
+      && "$venv/bin/python" -c 'import torch, ebsd' 2>/dev/null; then
     return  # complete: reuse
   fi
-  if [ ! -x "$VENV/bin/python" ]; then
-    echo "== creating $VENV"
-    "$(pick_python)" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install -q --upgrade pip
+  if [ ! -x "$venv/bin/python" ]; then
+    echo "== creating $venv ($("$PYTHON" --version))"
+    "$PYTHON" -m venv "$venv"
+    "$venv/bin/python" -m pip install "${PIP_Q[@]}" --upgrade pip
   fi
-  local pip=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
-  if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
-    echo "== installing the CPU build of torch"
-    "${pip[@]}" torch==2.13.0 \
-      || "${pip[@]}" "torch>=2.4" --index-url https://download.pytorch.org/whl/cpu \
+  local pip=("$venv/bin/python" -m pip install "${PIP_Q[@]}") cons=()
+  if [ "$mode" = "locked" ]; then
+    if lock_applies; then
+      cons=(-c "$LOCK")
+      echo "== installing through the lock ${LOCK#"$ROOT"/}"
+    else
+      echo "note: no lock for $PYTAG on $(uname -s)-$(uname -m) (requirements/ has $(ls "$ROOT"/requirements/lock-*.txt 2>/dev/null | xargs -n1 basename | tr '\n' ' ')): resolving the newest releases" >&2
+    fi
+  fi
+  local torch_req="torch==$TORCH_CPU"  # without a lock: the release whose CPU build we test with
+  if lock_applies; then torch_req=$(grep -i '^torch==' "$LOCK" || echo "torch==$TORCH_CPU"); fi
+  if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
+    echo "== installing torch first ($torch_req; the CPU build where it lies on disk)"
+    "${pip[@]}" "$torch_req" \
+      || "${pip[@]}" "$torch_req" --index-url https://download.pytorch.org/whl/cpu \
       || "${pip[@]}" "torch>=2.4"
   fi
-  echo "== installing ebsd-tensor-toolkit${extras:+[$extras]}"
-  "${pip[@]}" -e ".${extras:+[$extras]}"
-  rm -f "$VENV"/.ebsdtk-*
-  touch "$VENV/.ebsdtk-$stamp"
-  if [ "$extras" != "" ]; then touch "$VENV/.ebsdtk-$(stamp_for "")"; fi  # a superset serves the demo too
+  echo "== installing ebsd-tensor-toolkit${extras:+[$extras]}${mode:+ ($mode)}"
+  if [ "$mode" = "latest" ]; then
+    # newest releases the ranges allow, re-checked on every run; torch stays at the installed build (the
+    # newest torch on PyPI is a multi-GB CUDA build: its drift is checked on the GPU machine instead)
+    local keep_torch
+    keep_torch=$(mktemp)
+    "$venv/bin/python" -c 'import torch; print("torch==" + torch.__version__)' > "$keep_torch" 2>/dev/null
+    "${pip[@]}" --upgrade --upgrade-strategy eager -c "$keep_torch" -e ".${extras:+[$extras]}"
+    rm -f "$keep_torch"
+  else
+    "${pip[@]}" "${cons[@]}" -e ".${extras:+[$extras]}"
+  fi
+  rm -f "$venv"/.ebsdtk-*
+  touch "$venv/.ebsdtk-$stamp"
+  if [ "$extras" != "" ]; then touch "$venv/.ebsdtk-$(stamp_for "" "$mode")"; fi  # a superset serves the demo too
 }
 
 ensure_display() {  # napari tests need a real X server (Xvfb); install it only where missing
@@ -68,15 +111,42 @@ ensure_display() {  # napari tests need a real X server (Xvfb); install it only 
   fi
 }
 
-ensure_venv "$EXTRAS"
+write_lock() {  # a clean venv with the newest releases, frozen; torch's local label (+cpu) dropped
+  local tmp="$ROOT/.venv-lock"
+  rm -rf "$tmp"
+  ensure_venv "$tmp" "$ALL_EXTRAS" latest
+  mkdir -p "$ROOT/requirements"
+  {
+    echo "# Exact versions the test suite passed with: $PYTAG, $(uname -s)-$(uname -m), extras [$ALL_EXTRAS]."
+    echo "# Used as a pip constraint by scripts/dev.sh. Regenerate: bash scripts/dev.sh lock (then run"
+    echo "# bash scripts/dev.sh test, and commit only when it passes)."
+    "$tmp/bin/python" -m pip freeze --exclude-editable --disable-pip-version-check | sed -E 's/^(torch==[^+]+)\+.*/\1/'
+  } > "$LOCK.tmp"
+  mv "$LOCK.tmp" "$LOCK"
+  rm -rf "$tmp"
+  echo "== wrote ${LOCK#"$ROOT"/} ($(grep -vc '^#' "$LOCK") packages)"
+}
+
+if [ "$TASK" = "lock" ]; then write_lock; exit 0; fi
+
+if [ "$LATEST" = 1 ]; then
+  VENV="$ROOT/.venv-latest"; ensure_venv "$VENV" "$EXTRAS" latest
+else
+  VENV="$ROOT/.venv"; ensure_venv "$VENV" "$EXTRAS" locked
+fi
 PY="$VENV/bin/python"
 
 case "$TASK" in
-  setup) echo "== ready: $VENV" ;;
+  setup) echo "== ready: $VENV"; "$PY" -m pip list --disable-pip-version-check 2>/dev/null \
+           | grep -iE '^(torch|transformers|diffusers|kernels|numpy|napari|orix) ' || true ;;
   demo) exec "$PY" -m ebsd demo "$@" ;;
   test)
     ensure_display
     export PYTHONHASHSEED=0 MPLBACKEND=Agg
+    if [ "$LATEST" = 1 ]; then
+      echo "== newest releases in use:"; "$PY" -m pip list --disable-pip-version-check 2>/dev/null \
+        | grep -iE '^(torch|transformers|diffusers|kernels|huggingface.hub|accelerate|numpy|scipy|napari|orix|dask|triton) ' || true
+    fi
     if [ -z "${DISPLAY:-}" ] && command -v xvfb-run >/dev/null 2>&1; then
       exec xvfb-run -a -s "-screen 0 1600x1000x24" "$PY" -m pytest "$@"
     fi

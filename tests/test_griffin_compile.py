@@ -2,8 +2,6 @@
 (no graph breaks) and is not recompiled per token, nor per prompt."""
 from __future__ import annotations
 
-import inspect
-
 import pytest
 import torch
 
@@ -11,12 +9,13 @@ transformers = pytest.importorskip("transformers")
 
 from _tiny_lms import tiny_lm  # noqa: E402
 from llmeff import griffin  # noqa: E402
+from llmeff.models import cache_keyword  # noqa: E402
 
 
 @pytest.mark.parametrize("batch_experts", ["shared", "per_sequence"])
 def test_static_cache_decode_compiles_once(batch_experts):
     model = tiny_lm("llama")
-    kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    kw = cache_keyword(model)
     counter = {"n": 0}
 
     def backend(gm, example_inputs):
@@ -46,7 +45,7 @@ def test_static_cache_decode_compiles_once(batch_experts):
 
 def test_compiled_decode_matches_eager():
     model = tiny_lm("qwen3")
-    kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    kw = cache_keyword(model)
     ids = torch.randint(3, 100, (1, 8), generator=torch.Generator().manual_seed(0))
     outs = []
     torch._dynamo.reset()

@@ -12,6 +12,7 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, MistralCon
 
 from llmeff import kvcache  # noqa: E402
 from llmeff.kvcache import H2O, LESS, FullCache, PerLayer, ShadowKV, StreamingLLM  # noqa: E402
+from llmeff.models import cache_keyword  # noqa: E402
 
 V = 101
 
@@ -79,11 +80,11 @@ def test_evicted_tokens_leave_memory(kind, policy):
     ids, am = batch(T=64)
     with torch.no_grad(), kvcache.apply(m, policy):
         cache = DynamicCache(config=m.config)
-        m(input_ids=ids, attention_mask=am, cache=cache, use_cache=True)
+        m(input_ids=ids, attention_mask=am, **{cache_keyword(m): cache}, use_cache=True)
         for _ in range(5):
             nxt = torch.randint(0, V, (2, 1))
             am = torch.cat([am, torch.ones_like(nxt)], 1)
-            m(input_ids=nxt, attention_mask=am, cache=cache, use_cache=True)
+            m(input_ids=nxt, attention_mask=am, **{cache_keyword(m): cache}, use_cache=True)
     B, hk, D = 2, 2, 16
     for lay in cache.layers:
         assert lay.keys.shape == (B, hk, 16, D) and lay.values.shape == (B, hk, 16, D)
@@ -94,7 +95,7 @@ def test_evicted_tokens_leave_memory(kind, policy):
     # the transformers cache of the same run holds all 69 tokens (Mistral: its sliding window, 48 - 1)
     with torch.no_grad():
         full = DynamicCache(config=m.config)
-        m(input_ids=torch.cat([ids, torch.zeros(2, 5, dtype=torch.long)], 1), cache=full, use_cache=True)
+        m(input_ids=torch.cat([ids, torch.zeros(2, 5, dtype=torch.long)], 1), **{cache_keyword(m): full}, use_cache=True)
     n_full = 69 if kind == "llama" else 47
     assert kvcache.cache_memory(full)["device"] == 2 * 2 * B * hk * n_full * D * 4
 
@@ -104,9 +105,9 @@ def test_streaming_keeps_sinks_and_window():
     ids = torch.randint(0, V, (1, 40))
     with torch.no_grad(), kvcache.apply(m, StreamingLLM(window=6, sink=3)):
         cache = DynamicCache(config=m.config)
-        m(input_ids=ids, cache=cache, use_cache=True)
+        m(input_ids=ids, **{cache_keyword(m): cache}, use_cache=True)
         for t in range(3):
-            m(input_ids=ids[:, :1], cache=cache, use_cache=True)
+            m(input_ids=ids[:, :1], **{cache_keyword(m): cache}, use_cache=True)
     for lay in cache.layers:
         assert sorted(lay.pos[0, 0].tolist()) == [0, 1, 2, 37, 38, 39, 40, 41, 42]
 
@@ -117,7 +118,7 @@ def test_h2o_keeps_heavy_hitters():
     ids = torch.randint(0, V, (1, 48))
     with torch.no_grad(), kvcache.apply(m, H2O(12, recent=4)):
         cache = DynamicCache(config=m.config)
-        m(input_ids=ids, cache=cache, use_cache=True)
+        m(input_ids=ids, **{cache_keyword(m): cache}, use_cache=True)
         lay = cache.layers[0]
         kept = lay.pos[0, 0].tolist()
         assert len(kept) == 12 and all(p in kept for p in range(44, 48))
@@ -177,7 +178,7 @@ def test_less_decode_matches_parallel_training_form(base):
         att.o_proj.forward = lambda x: (outs.append(x.clone()), orig(x))[1]
         try:
             for t in range(T):
-                m(input_ids=ids[:, t : t + 1], cache=cache, use_cache=True)
+                m(input_ids=ids[:, t : t + 1], **{cache_keyword(m): cache}, use_cache=True)
         finally:
             att.o_proj.forward = orig
     dec = torch.cat(outs, 1).view(1, T, q.shape[1], -1).transpose(1, 2)

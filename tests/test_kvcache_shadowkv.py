@@ -9,6 +9,7 @@ from transformers import DynamicCache  # noqa: E402
 
 from llmeff import kvcache  # noqa: E402
 from llmeff.kvcache import ShadowKV  # noqa: E402
+from llmeff.models import cache_keyword  # noqa: E402
 
 from test_kvcache_policies import V, batch, gen, max_score_diff, tiny  # noqa: E402
 
@@ -31,10 +32,10 @@ def test_low_rank_small_budget_really_compresses():
     pol = ShadowKV(budget=16, rank=6, chunk=8, local_window=8, outlier_chunks=2)
     with torch.no_grad(), kvcache.apply(m, pol):
         cache = DynamicCache(config=m.config)
-        m(input_ids=ids, attention_mask=am, cache=cache, use_cache=True)
+        m(input_ids=ids, attention_mask=am, **{cache_keyword(m): cache}, use_cache=True)
         for _ in range(3):
             am = torch.cat([am, torch.ones(2, 1, dtype=am.dtype)], 1)
-            m(input_ids=torch.randint(0, V, (2, 1)), attention_mask=am, cache=cache, use_cache=True)
+            m(input_ids=torch.randint(0, V, (2, 1)), attention_mask=am, **{cache_keyword(m): cache}, use_cache=True)
     B, hk, D = 2, 2, 16
     for lay in cache.layers:
         assert lay.A.shape == (B, 88, 6) and lay.Bf.shape == (B, 6, hk * D)
