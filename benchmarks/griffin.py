@@ -24,7 +24,6 @@ forwards.
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 import sys
 import time
@@ -39,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _harness import Table, results_dir  # noqa: E402
 
 from llmeff import griffin  # noqa: E402
-from llmeff.models import find_mlps  # noqa: E402
+from llmeff.models import cache_keyword, find_mlps, output_cache  # noqa: E402
 
 SHAPES = {
     "llama-1B": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
@@ -49,15 +48,6 @@ SHAPES = {
     "tiny": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=256),
 }
-
-
-def _cache_kw(model) -> str:
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def _cache_of(out):
-    c = out.get("cache") if hasattr(out, "get") else None
-    return c if c is not None else out.past_key_values
 
 
 def build_random(shape: str, device, dtype):
@@ -99,7 +89,7 @@ def time_decode(model, batch: int, prompt: int, new: int, mode: str, density: fl
     dev = next(model.parameters()).device
     g = torch.Generator(device="cpu").manual_seed(0)
     ids = torch.randint(3, model.config.vocab_size, (batch, prompt), generator=g).to(dev)
-    kw = _cache_kw(model)
+    kw = cache_keyword(model)
     handle = None
     if mode != "dense":
         handle = griffin.apply(model, density=density,
@@ -236,9 +226,9 @@ def windows(held: np.ndarray, n: int, length: int) -> torch.Tensor:
 @torch.no_grad()
 def teacher_forced(model, prompt: torch.Tensor, cont: torch.Tensor) -> torch.Tensor:
     """Logits ``(B, C, V)`` predicting ``cont[:, 1:]`` and the token after: prefill + one decode forward."""
-    kw = _cache_kw(model)
+    kw = cache_keyword(model)
     out = model(input_ids=prompt, use_cache=True)
-    logits = model(input_ids=cont, use_cache=True, **{kw: _cache_of(out)}).logits
+    logits = model(input_ids=cont, use_cache=True, **{kw: output_cache(out)}).logits
     return torch.cat([out.logits[:, -1:], logits[:, :-1]], 1).float()      # predictions of cont[:, t]
 
 

@@ -46,6 +46,7 @@ from _harness import Table, results_dir  # noqa: E402
 
 from llmeff import kvcache  # noqa: E402
 from llmeff.kvcache import H2O, LESS, FullCache, ShadowKV, StreamingLLM  # noqa: E402
+from llmeff.models import cache_keyword  # noqa: E402
 
 
 # ---- quality ---------------------------------------------------------------------------------------------------
@@ -58,14 +59,14 @@ def decode_losses(model, policy, ids, prefill):
     nll, hits = [], []
     with torch.no_grad(), kvcache.apply(model, policy):
         cache = DynamicCache(config=model.config)
-        out = model(input_ids=ids[:, :prefill], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=ids[:, :prefill], **{cache_keyword(model): cache}, use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1]
         for t in range(prefill, T):
             lp = torch.log_softmax(logits.float(), -1)
             nll.append(-lp.gather(1, ids[:, t : t + 1]).squeeze(1))
             hits.append(logits.argmax(-1) == ids[:, t])
             if t + 1 < T:
-                logits = model(input_ids=ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits[:, -1]
+                logits = model(input_ids=ids[:, t : t + 1], **{cache_keyword(model): cache}, use_cache=True).logits[:, -1]
         mem = kvcache.cache_memory(cache)
     return torch.stack(nll, 1), torch.stack(hits, 1), mem
 
@@ -235,7 +236,7 @@ def prefill_one(model, policy, T, dev):
     cache = DynamicCache(config=model.config)
     ctx = kvcache.apply(model, policy) if policy is not None else _null()
     with torch.no_grad(), ctx:
-        out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=ids, **{cache_keyword(model): cache}, use_cache=True, logits_to_keep=1)
     return cache, out.logits[:, -1].argmax(-1)
 
 
@@ -251,12 +252,12 @@ def decode_speed(model, policy, cache, B, steps, dev):
     tok = torch.randint(0, model.config.vocab_size, (B, 1), device=dev)
     ctx = kvcache.apply(model, policy) if policy is not None else _null()
     with torch.no_grad(), ctx:
-        model(input_ids=tok, past_key_values=cache, use_cache=True)  # warm-up
+        model(input_ids=tok, **{cache_keyword(model): cache}, use_cache=True)  # warm-up
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(steps):
-            model(input_ids=tok, past_key_values=cache, use_cache=True)
+            model(input_ids=tok, **{cache_keyword(model): cache}, use_cache=True)
         if dev.type == "cuda":
             torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / steps
@@ -294,7 +295,7 @@ def system(args, log=print):
         per_seq = mem["device"]
         if per_seq + mem["host"] == 0:
             raise SystemExit(f"{name}: the cache stayed empty after prefill (transformers {_tf_version()} did not "
-                             "use the cache passed as past_key_values)")
+                             "use the cache passed to it)")
         if dev.type == "cuda":
             torch.cuda.synchronize()
             free = total - torch.cuda.memory_allocated(dev) + per_seq

@@ -197,12 +197,11 @@ def _worker(rank, world, port, args, outdir):
 
 @torch.no_grad()
 def _decode_ms(model, prompt, new, device):
-    import inspect
+    from llmeff.models import cache_keyword, output_cache
 
-    kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    kw = cache_keyword(model)
     out = model(input_ids=prompt, use_cache=True)
-    cache = out.get("cache") if hasattr(out, "get") else None
-    cache = cache if cache is not None else out.past_key_values
+    cache = output_cache(out)
     tok = out.logits[:, -1:].argmax(-1)
     for _ in range(2):
         o = model(input_ids=tok, use_cache=True, **{kw: cache})

@@ -31,11 +31,34 @@ ENTRY_POINT_GROUP = "ebsdtk.commands"
 
 
 def _entry_point_commands() -> list[tuple[str, object]]:
-    """``(name, entry point)`` of the ``ebsdtk.commands`` group, one per name, sorted by name."""
+    """``(name, entry point)`` of the ``ebsdtk.commands`` group, one per name (the first found; a second
+    one of the same name is reported on stderr), sorted by name."""
     seen: dict[str, object] = {}
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        seen.setdefault(ep.name, ep)
+        if ep.name in seen:
+            if seen[ep.name].value != ep.value:
+                print(f"ebsdtk: note: command {ep.name!r} from entry point {ep.value!r} ignored: "
+                      f"{seen[ep.name].value!r} already provides it", file=sys.stderr)
+            continue
+        seen[ep.name] = ep
     return sorted(seen.items())
+
+
+def _plugin_module(name: str, ep) -> ModuleType | None:
+    """Load an entry point's module and check, on a scratch parser, that its ``register`` adds exactly the
+    subcommand ``name``; None (with a note on stderr) when it does not."""
+    try:
+        mod = ep.load()
+        scratch = argparse.ArgumentParser(add_help=False).add_subparsers()
+        mod.register(scratch)
+        added = sorted(scratch.choices)
+        if added != [name]:
+            raise ValueError(f"its register() adds {added}, expected [{name!r}]")
+    except Exception as exc:  # a broken plugin must not take the whole CLI down
+        print(f"ebsdtk: note: command {name!r} ({ep.value}) is unavailable: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        return None
+    return mod
 
 
 def build_parser(extra: Iterable[ModuleType] = ()) -> argparse.ArgumentParser:
@@ -53,20 +76,14 @@ def build_parser(extra: Iterable[ModuleType] = ()) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"ebsd.commands.{name}").register(sub)
-    registered = set(sub.choices)
     for name, ep in _entry_point_commands():
-        if name in registered:
+        if name in sub.choices:
             print(f"ebsdtk: note: command {name!r} from entry point {ep.value!r} ignored: the name is taken",
                   file=sys.stderr)
             continue
-        try:
-            mod = ep.load()
-        except Exception as exc:  # a broken plugin must not take the whole CLI down
-            print(f"ebsdtk: note: command {name!r} ({ep.value}) is unavailable: {type(exc).__name__}: {exc}",
-                  file=sys.stderr)
-            continue
-        mod.register(sub)
-        registered = set(sub.choices)
+        mod = _plugin_module(name, ep)
+        if mod is not None:
+            mod.register(sub)
     for mod in extra:
         if mod.NAME not in sub.choices:  # not registered by an entry point (e.g. a source tree never installed)
             mod.register(sub)

@@ -223,8 +223,9 @@ def _cache_kw(model) -> str:
 
 
 def _cache_of(out):
-    c = out.get("cache") if hasattr(out, "get") else None
-    return c if c is not None else out.past_key_values
+    from .models import output_cache
+
+    return output_cache(out)
 
 
 # -- training ------------------------------------------------------------------------------------------

@@ -208,6 +208,12 @@ def cache_keyword(model: nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def output_cache(out: Any) -> Any:
+    """The KV cache a forward returned: ``out.cache`` (newer transformers 5.x) or ``out.past_key_values``."""
+    c = out.get("cache") if hasattr(out, "get") else None
+    return c if c is not None else out.past_key_values
+
+
 def activation_name(act: Callable) -> str | None:
     """A name the Triton kernels understand for an HF activation (``silu``, ``gelu``, ``gelu_tanh``,
     ``relu``), or ``None`` when it is something else (callers then use the torch path)."""

@@ -16,7 +16,10 @@ ROOT=$(pwd)
 TASK=${1:-demo}
 shift || true
 LATEST=0
-if [ "${1:-}" = "--latest" ]; then LATEST=1; shift; fi
+ARGS=()
+for a in "$@"; do  # --latest may stand anywhere; the rest goes to pytest / the demo
+  if [ "$a" = "--latest" ]; then LATEST=1; else ARGS+=("$a"); fi
+done
 ALL_EXTRAS="dev,llm,diffusion,napari"
 TORCH_CPU=2.13.0   # torch release installed first when no lock applies (a CPU build of it lies on disk here)
 
@@ -45,8 +48,23 @@ lock_applies() {  # the lock was made on Linux x86-64 for one Python minor versi
   [ -f "$LOCK" ] && [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ]
 }
 
-stamp_for() {  # what makes an install "complete": pyproject + lock (when used) + extras
-  { cat "$ROOT/pyproject.toml"; [ "$2" = "locked" ] && cat "$LOCK"; echo "extras=$1 mode=$2"; } | sha256sum | cut -c1-16
+stamp_for() {  # what makes an install "complete": pyproject + lock (when used) + extras + Python version
+  { cat "$ROOT/pyproject.toml"; if [ "$2" = "locked" ] && lock_applies; then cat "$LOCK"; fi
+    echo "extras=$1 mode=$2 python=$PYTAG"; } | sha256sum | cut -c1-16
+}
+
+norm() { tr 'A-Z_.' 'a-z--'; }  # package names as pip compares them
+
+sync_to_lock() {  # uninstall what an older set-up left behind and the lock does not name
+  local venv=$1 stale
+  stale=$(comm -23 <("$venv/bin/python" -m pip freeze --exclude-editable --disable-pip-version-check 2>/dev/null \
+                       | grep -v '^#' | sed -E 's/[ =@<>!~;].*//' | norm | sort -u) \
+                   <(grep -v '^#' "$LOCK" | sed -E 's/[ =@<>!~;].*//' | norm | sort -u) \
+          | grep -vxE 'pip|setuptools|wheel' || true)
+  if [ -n "$stale" ]; then
+    echo "== removing packages the lock does not name: $(echo $stale)"
+    "$venv/bin/python" -m pip uninstall -y -q $stale
+  fi
 }
 
 PIP_Q=(-q --disable-pip-version-check)
@@ -59,6 +77,10 @@ ensure_venv() {
       && "$venv/bin/python" -c 'import torch, ebsd' 2>/dev/null; then
     return  # complete: reuse
   fi
+  if [ -x "$venv/bin/python" ] && [ "$("$venv/bin/python" -c 'import sys; print(f"py{sys.version_info[0]}{sys.version_info[1]}")' 2>/dev/null)" != "$PYTAG" ]; then
+    echo "== $venv was made with another Python: rebuilding it with $("$PYTHON" --version)"
+    rm -rf "$venv"
+  fi
   if [ ! -x "$venv/bin/python" ]; then
     echo "== creating $venv ($("$PYTHON" --version))"
     "$PYTHON" -m venv "$venv"
@@ -70,18 +92,25 @@ ensure_venv() {
       cons=(-c "$LOCK")
       echo "== installing through the lock ${LOCK#"$ROOT"/}"
     else
-      echo "note: no lock for $PYTAG on $(uname -s)-$(uname -m) (requirements/ has $(ls "$ROOT"/requirements/lock-*.txt 2>/dev/null | xargs -n1 basename | tr '\n' ' ')): resolving the newest releases" >&2
+      echo "note: requirements/ has no lock for $PYTAG on $(uname -s)-$(uname -m) (locks are made on Linux" \
+        "x86-64 for one Python version each): resolving the newest releases the ranges allow" >&2
     fi
   fi
   local torch_req="torch==$TORCH_CPU"  # without a lock: the release whose CPU build we test with
   if lock_applies; then torch_req=$(grep -i '^torch==' "$LOCK" || echo "torch==$TORCH_CPU"); fi
-  if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
+  local have_torch
+  have_torch=$("$venv/bin/python" -c 'import torch; print("torch==" + torch.__version__.split("+")[0])' 2>/dev/null || true)
+  # no torch yet, or (through the lock) another release than the lock's: torch first, so that pip takes the
+  # build lying on disk rather than resolving it with everything else
+  if [ -z "$have_torch" ] || { [ ${#cons[@]} -gt 0 ] && [ "$have_torch" != "$torch_req" ]; }; then
     echo "== installing torch first ($torch_req; the CPU build where it lies on disk)"
     "${pip[@]}" "$torch_req" \
       || "${pip[@]}" "$torch_req" --index-url https://download.pytorch.org/whl/cpu \
       || "${pip[@]}" "torch>=2.4"
   fi
-  echo "== installing ebsd-tensor-toolkit${extras:+[$extras]}${mode:+ ($mode)}"
+  local how=$mode
+  if [ "$mode" = "locked" ] && [ ${#cons[@]} -eq 0 ]; then how="no lock"; fi
+  echo "== installing ebsd-tensor-toolkit${extras:+[$extras]} ($how)"
   if [ "$mode" = "latest" ]; then
     # newest releases the ranges allow, re-checked on every run; torch stays at the installed build (the
     # newest torch on PyPI is a multi-GB CUDA build: its drift is checked on the GPU machine instead)
@@ -91,7 +120,8 @@ ensure_venv() {
     "${pip[@]}" --upgrade --upgrade-strategy eager -c "$keep_torch" -e ".${extras:+[$extras]}"
     rm -f "$keep_torch"
   else
-    "${pip[@]}" "${cons[@]}" -e ".${extras:+[$extras]}"
+    "${pip[@]}" ${cons[@]+"${cons[@]}"} -e ".${extras:+[$extras]}"
+    if [ ${#cons[@]} -gt 0 ]; then sync_to_lock "$venv"; fi
   fi
   rm -f "$venv"/.ebsdtk-*
   touch "$venv/.ebsdtk-$stamp"
@@ -139,7 +169,7 @@ PY="$VENV/bin/python"
 case "$TASK" in
   setup) echo "== ready: $VENV"; "$PY" -m pip list --disable-pip-version-check 2>/dev/null \
            | grep -iE '^(torch|transformers|diffusers|kernels|numpy|napari|orix) ' || true ;;
-  demo) exec "$PY" -m ebsd demo "$@" ;;
+  demo) exec "$PY" -m ebsd demo ${ARGS[@]+"${ARGS[@]}"} ;;
   test)
     ensure_display
     export PYTHONHASHSEED=0 MPLBACKEND=Agg
@@ -148,8 +178,8 @@ case "$TASK" in
         | grep -iE '^(torch|transformers|diffusers|kernels|huggingface.hub|accelerate|numpy|scipy|napari|orix|dask|triton) ' || true
     fi
     if [ -z "${DISPLAY:-}" ] && command -v xvfb-run >/dev/null 2>&1; then
-      exec xvfb-run -a -s "-screen 0 1600x1000x24" "$PY" -m pytest "$@"
+      exec xvfb-run -a -s "-screen 0 1600x1000x24" "$PY" -m pytest ${ARGS[@]+"${ARGS[@]}"}
     fi
-    exec "$PY" -m pytest "$@"
+    exec "$PY" -m pytest ${ARGS[@]+"${ARGS[@]}"}
     ;;
 esac

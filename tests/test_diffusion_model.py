@@ -159,7 +159,12 @@ def test_bundled_checkpoint_loads():
 
 
 def test_enhance_cli(tmp_path, section, tiny):
+    from functools import partial
+
+    from diffusion import cli
     from ebsd.cli import main
+
+    main = partial(main, extra=[cli])  # also where ebsdtk's entry points are not installed
 
     ck = tiny.save(tmp_path / "ck")
     np.save(tmp_path / "lr.npy", section[2::4, 2::4].numpy())

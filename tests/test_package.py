@@ -123,11 +123,17 @@ def test_import_scan_sees_lazy_and_dynamic_imports(snippet, expected):
 
 
 # -- our import names are ours alone ---------------------------------------------------------------------
-def test_no_other_distribution_claims_our_import_names():
+def _our_distribution():
     try:
-        importlib.metadata.distribution("ebsd-tensor-toolkit")
+        return importlib.metadata.distribution("ebsd-tensor-toolkit")
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("ebsd-tensor-toolkit is not installed in this environment (source tree only)")
+
+
+def test_no_other_distribution_claims_our_import_names():
+    dist = _our_distribution()
+    # the distribution ships exactly our five import packages (a new one must join OURS, and this guard)
+    assert set((dist.read_text("top_level.txt") or "").split()) == set(OURS)
     claims = importlib.metadata.packages_distributions()
     for name in OURS:
         owners = {d.lower().replace("_", "-") for d in claims.get(name, [])}
@@ -168,23 +174,28 @@ def test_hf_stack_and_our_packages_in_one_process_from_the_repository_root():
         return  # an older transformers that does not need Hugging Face's kernels: nothing can shadow it
     # Hugging Face's kernels is installed: the name resolves to its own files, not to a folder of ours
     assert got["hf_kernels"] and Path(got["hf_kernels"]).resolve() == Path(hf.locate_file("kernels/__init__.py")).resolve()
-    assert not (REPO / "kernels").exists()
+    stale = sorted(str(p.relative_to(REPO)) for p in (REPO / "kernels").rglob("*.py"))
+    assert not stale, f"remove the old folder kernels/ (renamed tensorkernels/): it still holds {stale}"
 
 
-def test_ebsdtk_enhance_is_found_through_its_entry_point():
+def test_ebsdtk_enhance_is_found_through_its_entry_point(tmp_path):
     """``enhance`` lives in diffusion (ebsd never imports it) and reaches ``ebsdtk`` by entry point."""
     from ebsd.cli import ENTRY_POINT_GROUP, build_parser
 
+    _our_distribution()
     eps = {ep.name: ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
-    if "enhance" not in eps:
-        pytest.skip("ebsd-tensor-toolkit is not installed here (no entry points)")
-    assert eps["enhance"] == "diffusion.cli"
+    assert eps.get("enhance") == "diffusion.cli", f"entry points of {ENTRY_POINT_GROUP}: {eps}"
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert {"info", "recover", "rpca", "enhance", "batch"} <= set(sub.choices)
-    res = subprocess.run([sys.executable, "-m", "ebsd", "enhance", "--help"], capture_output=True, text=True,
-                         timeout=120, cwd=REPO)
+    # the installed console script, started away from the repository (its metadata, not a source tree's)
+    exe = BIN / "ebsdtk"
+    if not exe.exists():
+        pytest.skip("ebsdtk console script not installed in this environment")
+    res = subprocess.run([str(exe), "enhance", "--help"], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "super-resolve" in res.stdout and "denoise-pl" in res.stdout and "boundaries" in res.stdout
+    assert "unavailable" not in res.stderr and "ignored" not in res.stderr
 
 
 def test_python_m_diffusion_runs_enhance_without_entry_points(tmp_path):
@@ -221,13 +232,27 @@ def test_a_broken_command_plugin_is_reported_not_fatal(monkeypatch, capsys):
         def load(self):  # pragma: no cover - never loaded: the name is taken by ebsd's own command
             raise AssertionError("a taken name must not be loaded")
 
-    monkeypatch.setattr(cli, "_entry_point_commands", lambda: [("broken", BrokenEP()), ("info", TakenEP())])
+    class Liar:  # its entry point says "liar", its register() claims ebsd's own "info"
+        @staticmethod
+        def register(subparsers):
+            subparsers.add_parser("info")
+
+    class LiarEP:
+        name, value = "liar", "liar.cli"
+
+        def load(self):
+            return Liar
+
+    monkeypatch.setattr(cli, "_entry_point_commands",
+                        lambda: [("broken", BrokenEP()), ("info", TakenEP()), ("liar", LiarEP())])
     parser = cli.build_parser()
     err = capsys.readouterr().err
     assert "command 'broken' (no_such_package_xyz.cli) is unavailable: ModuleNotFoundError" in err
     assert "command 'info' from entry point 'elsewhere.cli' ignored" in err
+    assert "command 'liar' (liar.cli) is unavailable: ValueError: its register() adds ['info']" in err
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert "broken" not in sub.choices and "recover" in sub.choices
+    assert "broken" not in sub.choices and "liar" not in sub.choices and "recover" in sub.choices
+    assert parser.parse_args(["info", "x.ang"]).command == "info"  # ebsd's own command still works
 
 
 @pytest.mark.parametrize("prog", ["ebsdtk", "llmeff"])
