@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .errors import LLMEffValueError
-from .models import find_mlps
+from .models import cache_keyword, find_mlps, output_cache
 
 
 
@@ -216,18 +216,6 @@ def generate_distillation_data(model: nn.Module, prompts: torch.Tensor, new_toke
     return torch.cat(outs)
 
 
-def _cache_kw(model) -> str:
-    from .models import cache_keyword
-
-    return cache_keyword(model)
-
-
-def _cache_of(out):
-    from .models import output_cache
-
-    return output_cache(out)
-
-
 # -- training ------------------------------------------------------------------------------------------
 def train(model: nn.Module, branches: nn.ModuleList, seqs: torch.Tensor, prompt_len: int, density: float = 0.5,
           selection: str = "griffin", steps: int = 100, batch: int = 4, lr: float = 3e-3, kl_weight: float = 0.0,
@@ -257,7 +245,7 @@ def train(model: nn.Module, branches: nn.ModuleList, seqs: torch.Tensor, prompt_
     branches.train()
     opt = torch.optim.Adam(branches.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(1, steps))))
-    kw = _cache_kw(model)
+    kw = cache_keyword(model)
     hist = []
     t0 = time.time()
     it = range(steps)
@@ -281,7 +269,7 @@ def train(model: nn.Module, branches: nn.ModuleList, seqs: torch.Tensor, prompt_
                     with torch.no_grad():
                         out = model(input_ids=prompt, use_cache=True)
                     with torch.set_grad_enabled(True):
-                        lg = model(input_ids=cont, use_cache=True, **{kw: _cache_of(out)}).logits
+                        lg = model(input_ids=cont, use_cache=True, **{kw: output_cache(out)}).logits
                         if kl_weight > 0:
                             lp = torch.log_softmax(lg.float(), -1)
                             loss = kl_weight * torch.nn.functional.kl_div(lp, dense_lp, log_target=True,
@@ -316,13 +304,13 @@ def local_loss(model: nn.Module, branches: nn.ModuleList | None, seqs: torch.Ten
     if branches is None:
         for b in br:
             b.B.zero_()
-    kw = _cache_kw(model)
+    kw = cache_keyword(model)
     with griffin_mod.apply(model, density=density, selection=selection, seed=seed) as gh:
         cap = Caprese(model, br, griffin=gh).attach()
         cap.train_local = True
         try:
             out = model(input_ids=seqs[:, :prompt_len], use_cache=True)
-            model(input_ids=seqs[:, prompt_len:], use_cache=True, **{kw: _cache_of(out)})
+            model(input_ids=seqs[:, prompt_len:], use_cache=True, **{kw: output_cache(out)})
         finally:
             cap.detach()
     return torch.stack(cap.losses).mean().item()

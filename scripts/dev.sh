@@ -25,8 +25,7 @@ TORCH_CPU=2.13.0   # torch release installed first when no lock applies (a CPU b
 
 case "$TASK" in
   demo) EXTRAS="" ;;
-  test|setup) EXTRAS="$ALL_EXTRAS" ;;
-  lock) EXTRAS="$ALL_EXTRAS" ;;
+  test|setup|lock) EXTRAS="$ALL_EXTRAS" ;;
   *) echo "usage: bash scripts/dev.sh demo|test|setup [--latest] [args] | lock" >&2; exit 64 ;;
 esac
 
@@ -40,8 +39,10 @@ pick_python() {
   echo "error: need Python >= 3.10 (3.11 recommended)" >&2; exit 1
 }
 
+pytag() { "$1" -c 'import sys; print(f"py{sys.version_info[0]}{sys.version_info[1]}")' 2>/dev/null; }
+
 PYTHON=$(pick_python)
-PYTAG=$("$PYTHON" -c 'import sys; print(f"py{sys.version_info[0]}{sys.version_info[1]}")')
+PYTAG=$(pytag "$PYTHON")
 LOCK="$ROOT/requirements/lock-$PYTAG.txt"
 
 lock_applies() {  # the lock was made on Linux x86-64 for one Python minor version
@@ -77,7 +78,7 @@ ensure_venv() {
       && "$venv/bin/python" -c 'import torch, ebsd' 2>/dev/null; then
     return  # complete: reuse
   fi
-  if [ -x "$venv/bin/python" ] && [ "$("$venv/bin/python" -c 'import sys; print(f"py{sys.version_info[0]}{sys.version_info[1]}")' 2>/dev/null)" != "$PYTAG" ]; then
+  if [ -x "$venv/bin/python" ] && [ "$(pytag "$venv/bin/python")" != "$PYTAG" ]; then
     echo "== $venv was made with another Python: rebuilding it with $("$PYTHON" --version)"
     rm -rf "$venv"
   fi

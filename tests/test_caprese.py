@@ -7,6 +7,7 @@ import torch
 
 from llmeff import caprese, griffin
 from llmeff.errors import LLMEffValueError
+from llmeff.models import cache_keyword, output_cache
 
 from _tiny_lms import tiny_lm
 
@@ -26,7 +27,7 @@ def _decode_logits(model, seqs, P, branches=None, density=0.5):
         cap = caprese.apply(model, branches, griffin=gh) if branches is not None else None
         try:
             out = model(input_ids=seqs[:, :P], use_cache=True)
-            lg = model(input_ids=seqs[:, P:], use_cache=True, **{caprese._cache_kw(model): caprese._cache_of(out)}).logits
+            lg = model(input_ids=seqs[:, P:], use_cache=True, **{cache_keyword(model): output_cache(out)}).logits
         finally:
             if cap is not None:
                 cap.detach()

@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 from _tiny_lms import FAMILIES, VOCAB, tiny_lm  # noqa: E402
 from llmeff import griffin  # noqa: E402
 from llmeff.errors import LLMEffValueError, UnsupportedModelError  # noqa: E402
-from llmeff.models import find_mlps  # noqa: E402
+from llmeff.models import cache_keyword, find_mlps, output_cache  # noqa: E402
 
 GEN = dict(max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)
 
@@ -33,15 +33,11 @@ def _state(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _cache_of(out):
-    return getattr(out, "cache", None) if getattr(out, "cache", None) is not None else out.past_key_values
-
-
 def _decode(model, ids, am, cont):
     """Prefill ``ids`` then feed ``cont`` (B, C) as one decode forward; returns the decode logits."""
     out = model(input_ids=ids, attention_mask=am, use_cache=True)
     full = torch.cat([am, torch.ones_like(cont)], 1)
-    kw = {"cache": _cache_of(out)} if "cache" in out else {"past_key_values": _cache_of(out)}
+    kw = {cache_keyword(model): output_cache(out)}
     return model(input_ids=cont, attention_mask=full, use_cache=True, **kw).logits
 
 
@@ -127,7 +123,7 @@ def _masked_reference(model, ids, am, cont, experts):
         out = model(input_ids=ids, attention_mask=am, use_cache=True)
         state["on"] = True
         full = torch.cat([am, torch.ones_like(cont)], 1)
-        kw = {"cache": _cache_of(out)} if "cache" in out else {"past_key_values": _cache_of(out)}
+        kw = {cache_keyword(model): output_cache(out)}
         return model(input_ids=cont, attention_mask=full, use_cache=True, **kw).logits
     finally:
         for h in hs:

@@ -168,14 +168,14 @@ def test_hf_stack_and_our_packages_in_one_process_from_the_repository_root():
     assert got["cwd_first"], "the process should have the repository root first on sys.path"
     assert [Path(f).resolve() for f in got["ours"]] == [REPO / n / "__init__.py" for n in OURS]
     assert got["gen"] == [2, 10] and got["unet"] == [1, 1, 8, 8]
+    stale = sorted(str(p.relative_to(REPO)) for p in (REPO / "kernels").rglob("*.py"))
+    assert not stale, f"remove the old folder kernels/ (renamed tensorkernels/): it still holds {stale}"
     try:
         hf = importlib.metadata.distribution("kernels")
     except importlib.metadata.PackageNotFoundError:
         return  # an older transformers that does not need Hugging Face's kernels: nothing can shadow it
     # Hugging Face's kernels is installed: the name resolves to its own files, not to a folder of ours
     assert got["hf_kernels"] and Path(got["hf_kernels"]).resolve() == Path(hf.locate_file("kernels/__init__.py")).resolve()
-    stale = sorted(str(p.relative_to(REPO)) for p in (REPO / "kernels").rglob("*.py"))
-    assert not stale, f"remove the old folder kernels/ (renamed tensorkernels/): it still holds {stale}"
 
 
 def test_ebsdtk_enhance_is_found_through_its_entry_point(tmp_path):
