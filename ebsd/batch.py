@@ -368,7 +368,7 @@ def _crop(vol, ys: slice, xs: slice):
     return dataclasses.replace(
         vol, quaternions=vol.quaternions[:, ys, xs], phases=vol.phases[:, ys, xs],
         confidence=vol.confidence[:, ys, xs], image_quality=vol.image_quality[:, ys, xs],
-        valid=vol.valid[:, ys, xs],
+        valid=vol.valid[:, ys, xs], measured=vol.measured[:, ys, xs],
         origin=(vol.origin[0], vol.origin[1] + ys.start * vol.spacing[1], vol.origin[2] + xs.start * vol.spacing[2]),
     )
 

@@ -54,6 +54,10 @@ class EBSDVolume:
         origin: ``(z0, y0, x0)`` position of voxel ``(0, 0, 0)`` in micrometres.
         phase_info: ``{phase id: Phase}``.
         valid: ``(Z, Y, X)`` bool, True where the voxel is indexed and trusted.
+        measured: ``(Z, Y, X)`` bool, True where the voxel was measured at all. False marks points that were
+            never written (a truncated scan's last row), lie outside a section after alignment, or belong to
+            a missing section; such voxels are never ``valid``. "Not indexed" (measured, but no solution) is
+            ``measured & ~valid``. Defaults to all True.
         metadata: free-form provenance (``source``, ``format``, header lines, ``recovered_slices`` ...).
 
     Tensors given as float32 CPU torch tensors, or numpy arrays of the target dtype, are used without a copy
@@ -68,6 +72,7 @@ class EBSDVolume:
     origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
     phase_info: dict[int, Phase] = field(default_factory=lambda: {1: Phase()})
     valid: torch.Tensor | None = None
+    measured: torch.Tensor | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -89,6 +94,12 @@ class EBSDVolume:
         if self.valid is None:
             self.valid = torch.ones(shp, dtype=torch.bool)
         self.valid = _as_tensor(self.valid, torch.bool, "valid", shp).to(dev)
+        if self.measured is None:
+            self.measured = torch.ones(shp, dtype=torch.bool, device=dev)
+        self.measured = _as_tensor(self.measured, torch.bool, "measured", shp).to(dev)
+        if bool((self.valid & ~self.measured).any()):
+            raise EBSDValueError("valid marks voxels that measured says were never measured; "
+                                 "a voxel that was not measured cannot be valid (clear valid there)")
         self.spacing = tuple(float(s) for s in self.spacing)
         self.origin = tuple(float(s) for s in self.origin)
         if len(self.spacing) != 3 or any(not np.isfinite(s) or s <= 0 for s in self.spacing):
@@ -151,6 +162,7 @@ class EBSDVolume:
             confidence=self.confidence.clone(),
             image_quality=self.image_quality.clone(),
             valid=self.valid.clone(),
+            measured=self.measured.clone(),
             phase_info=copy.deepcopy(self.phase_info),
             metadata=copy.deepcopy(self.metadata),
         )
@@ -164,6 +176,7 @@ class EBSDVolume:
             confidence=self.confidence.to(device, copy=True),
             image_quality=self.image_quality.to(device, copy=True),
             valid=self.valid.to(device, copy=True),
+            measured=self.measured.to(device, copy=True),
             phase_info=copy.deepcopy(self.phase_info),
             metadata=copy.deepcopy(self.metadata),
         )
@@ -180,6 +193,7 @@ class EBSDVolume:
             confidence=self.confidence[z0:z1].clone(),
             image_quality=self.image_quality[z0:z1].clone(),
             valid=self.valid[z0:z1].clone(),
+            measured=self.measured[z0:z1].clone(),
             origin=(self.origin[0] + z0 * self.spacing[0], self.origin[1], self.origin[2]),
             phase_info=copy.deepcopy(self.phase_info),
             metadata=copy.deepcopy(self.metadata),
@@ -199,6 +213,7 @@ class EBSDVolume:
             and torch.allclose(self.confidence, other.confidence, atol=max(atol, 1e-6))
             and torch.allclose(self.image_quality, other.image_quality, atol=max(atol, 1e-6), rtol=1e-6)
             and torch.equal(self.valid, other.valid)
+            and torch.equal(self.measured, other.measured)
             and np.allclose(self.spacing, other.spacing)
         )
 

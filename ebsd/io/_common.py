@@ -200,7 +200,8 @@ def progress_bar(total: int, desc: str, enabled: bool) -> Iterator:
 
 
 def assemble_volume(*, quaternions: torch.Tensor, phases: torch.Tensor, confidence: torch.Tensor,
-                    image_quality: torch.Tensor, valid: torch.Tensor, spacing, origin, phase_info, metadata):
+                    image_quality: torch.Tensor, valid: torch.Tensor, spacing, origin, phase_info, metadata,
+                    measured: torch.Tensor | None = None):
     """Build an :class:`EBSDVolume` from preallocated full-size tensors without the whole-volume temporaries
     of ``EBSDVolume.__post_init__`` (its finite/unit-norm checks allocate ~0.9x the tensors again for big
     volumes). The same checks run here slab by slab; the dataclass validates everything else on a one-voxel
@@ -215,6 +216,12 @@ def assemble_volume(*, quaternions: torch.Tensor, phases: torch.Tensor, confiden
                         ("image_quality", image_quality, torch.float32), ("valid", valid, torch.bool)):
         if tuple(t.shape) != shp or t.dtype != dt:
             raise EBSDValueError(f"{name} has shape {tuple(t.shape)} / {t.dtype}, expected {shp} / {dt}")
+    if measured is None:
+        measured = torch.ones(shp, dtype=torch.bool, device=quaternions.device)
+    if tuple(measured.shape) != shp or measured.dtype != torch.bool:
+        raise EBSDValueError(f"measured has shape {tuple(measured.shape)} / {measured.dtype}, expected {shp} / bool")
+    if bool((valid & ~measured).any()):
+        raise EBSDValueError("valid marks voxels that were never measured")
     flat = quaternions.reshape(-1, 4)
     step = 1 << 22
     for i in range(0, flat.shape[0], step):
@@ -226,13 +233,13 @@ def assemble_volume(*, quaternions: torch.Tensor, phases: torch.Tensor, confiden
     if not all(shp):
         return EBSDVolume(quaternions=quaternions, phases=phases, confidence=confidence,
                           image_quality=image_quality, spacing=spacing, origin=origin, phase_info=phase_info,
-                          valid=valid, metadata=metadata)
+                          valid=valid, measured=measured, metadata=metadata)
     vol = EBSDVolume(quaternions=quaternions[:1, :1, :1].clone(), phases=phases[:1, :1, :1].clone(),
                      confidence=confidence[:1, :1, :1].clone(), image_quality=image_quality[:1, :1, :1].clone(),
                      spacing=spacing, origin=origin, phase_info=phase_info, valid=valid[:1, :1, :1].clone(),
                      metadata=metadata)
-    vol.quaternions, vol.phases, vol.confidence, vol.image_quality, vol.valid = (
-        quaternions, phases, confidence, image_quality, valid)
+    vol.quaternions, vol.phases, vol.confidence, vol.image_quality, vol.valid, vol.measured = (
+        quaternions, phases, confidence, image_quality, valid, measured)
     return vol
 
 
