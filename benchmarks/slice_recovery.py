@@ -48,6 +48,38 @@ def evaluate(method, vol, truth, missing, tol) -> dict:
     return {**stats, "bc": [sum(c[k] for c in counts) for k in range(4)], "time_s": dt}
 
 
+def run_groups(args) -> int:
+    import json
+
+    from _recovery_groups import SHARED, print_group, real_map_stacks, realistic_volume, run_volume
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = args.checkpoint or "default"
+    out = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "groups": {}}
+    if args.group in ("realistic", "all"):
+        res = {}
+        shape = (24, 48, 48) if args.quick else (36, 64, 64)
+        for gs in ([8.0] if args.quick else [5.0, 8.0, 14.0]):
+            for seed in range(1 if args.quick else args.volumes):
+                vol = realistic_volume(900 + seed + int(10 * gs), shape, grain_size=gs).to(device)
+                res[f"grain {gs:g}, seed {seed}, dz=2dx"] = run_volume(vol, model=model, device=device,
+                                                                      adapt_seconds=args.adapt_seconds)
+        print_group("realistic synthetic (every 6th section removed; truth = measured section)", res)
+        out["groups"]["realistic"] = res
+    if args.group in ("real-maps", "all"):
+        stacks = real_map_stacks()
+        if not stacks:
+            print(f"real-map group skipped: no maps under {SHARED}")
+        res = {name: run_volume(v.to(device), model=model, device=device, adapt_seconds=args.adapt_seconds)
+               for name, v in stacks.items()}
+        print_group("real 2-D maps as section stacks (every 6th row/column removed; truth = measured)", res)
+        out["groups"]["real-maps"] = res
+    path = results_dir() / args.json.replace(".json", f"_{args.group}.json")
+    path.write_text(json.dumps(out, indent=1, default=str))
+    print(f"\nwrote {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", default=None, help="checkpoint dir (default: the bundled data/slice_recovery)")
@@ -64,7 +96,14 @@ def main(argv=None) -> int:
     ap.add_argument("--timing-repeat", type=int, default=None, help="timed repeats (default: 3 on CPU, 10 on CUDA)")
     ap.add_argument("--quick", action="store_true", help="1 volume per grain size, 16 x 48 x 48")
     ap.add_argument("--json", default="slice_recovery.json")
+    ap.add_argument("--group", default="synthetic", choices=["synthetic", "realistic", "real-maps", "all"],
+                    help="synthetic: the first-wave table (noise-free truth); realistic: gradients, misindexing, "
+                         "sections 2 steps apart, every 6th section removed, measured truth; real-maps: rows and "
+                         "columns of the real 2-D maps in ../shared/data as sections (see _recovery_groups.py)")
+    ap.add_argument("--adapt-seconds", type=float, default=None, help="test-time adaptation budget for 'auto'")
     args = ap.parse_args(argv)
+    if args.group != "synthetic":
+        return run_groups(args)
     if args.quick:
         args.volumes, args.shape = 1, [16, 48, 48]
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -76,8 +115,12 @@ def main(argv=None) -> int:
         "slerp (symmetry-aware)": BASELINES["slerp"],
         "projection of nearest": BASELINES["project_nearest"],
         "ours, no projection": lambda v, m: recover_missing_slices(v.to(device), m, model=net, project=False,
-                                                                   progress=False).to("cpu"),
-        "ours": lambda v, m: recover_missing_slices(v.to(device), m, model=net, progress=False).to("cpu"),
+                                                                   method="network", progress=False).to("cpu"),
+        "ours (transformer+projection)": lambda v, m: recover_missing_slices(v.to(device), m, model=net,
+                                                                            method="network", progress=False).to("cpu"),
+        "ours, blend": lambda v, m: recover_missing_slices(v.to(device), m, method="blend", progress=False).to("cpu"),
+        "ours, auto (self-check)": lambda v, m: recover_missing_slices(v.to(device), m, model=net,
+                                                                      progress=False).to("cpu"),
     }
     acc = {}  # (method, n_missing, grain size) -> summed stats
     Z = args.shape[0]

@@ -388,9 +388,12 @@ def _resolve_net(model, device):
 
 
 def recover_tiled(vol, missing=None, model="default", tile: int | None = None, halo: int = 8,
-                  project: bool = True, device=None, batch_size: int = 16, progress: bool = False, **settings):
+                  project: bool = True, device=None, batch_size: int = 16, progress: bool = False,
+                  method: str = "auto", **settings):
     """:func:`ebsd.recovery.recover_missing_slices` in x-y windows of at most ``tile`` voxels per core
-    (see :func:`recovery_windows`); ``tile=None`` runs it once on the whole volume.
+    (see :func:`recovery_windows`); ``tile=None`` runs it once on the whole volume. With ``method="auto"``
+    and windows, the self-check runs once, on the central window, and its choice (without test-time
+    adaptation) is used in every window, so all windows use one method.
 
     Args:
         vol: :class:`~ebsd.volume.EBSDVolume` ``(Z, Y, X)``.
@@ -410,15 +413,25 @@ def recover_tiled(vol, missing=None, model="default", tile: int | None = None, h
     cfg = dict(cfg, **settings)
     kw = dict(project=project, device=device, batch_size=batch_size, progress=False, **settings)
     if tile is None or not missing:
-        return recover_missing_slices(vol, list(missing), model=net, **kw), 1
+        return recover_missing_slices(vol, list(missing), model=net, method=method, **kw), 1
     T = min(int(cfg["tile"]), net.config.max_xy)
     ov = int(cfg["overlap"])
     halo = max(int(halo), int(cfg["radius"]) + 1)
     Z, Y, X = vol.shape
     wy = recovery_windows(Y, tile, halo, min(T, Y), ov)
     wx = recovery_windows(X, tile, halo, min(T, X), ov)
+    check = None
+    if method == "auto":
+        from .recovery.api import method_of
+
+        (_, _, a, b), (_, _, e, f) = wy[len(wy) // 2], wx[len(wx) // 2]
+        _, det = recover_missing_slices(_crop(vol, slice(a, b), slice(e, f)), list(missing), model=net,
+                                        method="auto", return_details=True, adapt_seconds=0.0, **kw)
+        check = det["self_check"]
+        method = method_of(det["method"])
+        kw.update((check or {}).get("settings") or {})
     out = vol.copy()
-    method = None
+    used = None
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -427,19 +440,23 @@ def recover_tiled(vol, missing=None, model="default", tile: int | None = None, h
     try:
         for c0, c1, a, b in wy:
             for d0, d1, e, f in wx:
-                part = recover_missing_slices(_crop(vol, slice(a, b), slice(e, f)), list(missing), model=net, **kw)
+                part = recover_missing_slices(_crop(vol, slice(a, b), slice(e, f)), list(missing), model=net,
+                                              method=method, self_check=0, **kw)
                 cy, cx = slice(c0 - a, c1 - a), slice(d0 - e, d1 - e)
-                for name in ("quaternions", "phases", "confidence", "image_quality", "valid"):
+                for name in ("quaternions", "phases", "confidence", "image_quality", "valid", "measured"):
                     getattr(out, name)[:, c0:c1, d0:d1] = getattr(part, name)[:, cy, cx].to(getattr(out, name).device)
-                method = part.metadata.get("recovery_method")
+                used = part.metadata.get("recovery_method")
                 if bar is not None:
                     bar.update(1)
     finally:
         if bar is not None:
             bar.close()
     out.metadata["recovered_slices"] = sorted(set(out.metadata.get("recovered_slices", [])) | set(missing))
-    out.metadata["recovery_method"] = method
+    out.metadata["recovery_method"] = used
     out.metadata["recovery_tiles"] = {"tile": tile, "windows": len(wy) * len(wx)}
+    if check is not None:
+        out.metadata["recovery_self_check"] = {k: check[k] for k in ("method", "mean_deg", "median_deg", "within5",
+                                                                     "n_sections")} | {"window": "central"}
     return out, len(wy) * len(wx)
 
 

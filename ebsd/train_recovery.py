@@ -47,7 +47,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=48, help="training tile (y, x) size")
     p.add_argument("--context", type=int, default=2, help="known slices each side of the hidden run")
     p.add_argument("--visible-weight", type=float, default=0.1, help="loss weight on voxels not hidden")
-    p.add_argument("--grain-size", type=float, nargs=2, default=(4.0, 18.0), help="mean grain size range (voxels)")
+    p.add_argument("--grain-size", type=float, nargs=2, default=(3.0, 18.0), help="mean grain size range (voxels)")
+    p.add_argument("--noise-deg", type=float, nargs=2, default=(0.0, 1.5), help="per-voxel noise range (deg)")
+    p.add_argument("--gradient-deg", type=float, nargs=2, default=(0.05, 0.8),
+                   help="intragranular gradient range (deg per voxel; real maps: 0.2-0.4, see "
+                        "data/slice_recovery/calibration.json)")
+    p.add_argument("--misindexed", type=float, nargs=2, default=(0.0, 0.08),
+                   help="range of the fraction of misindexed voxels (random or pseudo-symmetric)")
+    p.add_argument("--z-ratio", type=float, nargs=2, default=(0.7, 3.0),
+                   help="range of the section spacing in in-plane steps (grains shorter along z)")
+    p.add_argument("--unindexed", type=float, nargs=2, default=(0.0, 0.05), help="unindexed fraction range")
     p.add_argument("--volume-shape", type=int, nargs=3, default=(20, 80, 80))
     p.add_argument("--symmetries", default="m-3m", help="comma-separated Laue classes to train on")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: CPU cores - 2)")
@@ -127,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     reserve = (8.0 + 20.0 * args.tune_volumes) if args.smoke else 25.0 + 8.0 * args.tune_volumes
 
     scfg = SampleConfig(tile=args.tile, context=args.context, volume_shape=tuple(args.volume_shape),
-                        grain_size=tuple(args.grain_size), symmetries=tuple(args.symmetries.split(",")))
+                        grain_size=tuple(args.grain_size), symmetries=tuple(args.symmetries.split(",")),
+                        noise_deg=tuple(args.noise_deg), unindexed=tuple(args.unindexed),
+                        gradient_deg=tuple(args.gradient_deg), misindexed=tuple(args.misindexed),
+                        z_ratio=tuple(args.z_ratio))
     mcfg = ModelConfig(d_model=args.d_model, depth=args.depth, heads=args.heads, mlp_ratio=args.mlp_ratio,
                        max_z=max(32, 3 + 2 * args.context), max_xy=max(64, args.tile))
     init_info = None

@@ -56,8 +56,10 @@ class EBSDVolume:
         valid: ``(Z, Y, X)`` bool, True where the voxel is indexed and trusted.
         measured: ``(Z, Y, X)`` bool, True where the voxel was measured at all. False marks points that were
             never written (a truncated scan's last row), lie outside a section after alignment, or belong to
-            a missing section; such voxels are never ``valid``. "Not indexed" (measured, but no solution) is
-            ``measured & ~valid``. Defaults to all True.
+            a missing section; readers and alignment leave such voxels not ``valid``. "Not indexed"
+            (measured, but no solution) is ``measured & ~valid``. A voxel filled by slice recovery is
+            ``valid & ~measured`` (its values are inferred; ``metadata["recovered_slices"]`` lists the
+            slices). Defaults to all True.
         metadata: free-form provenance (``source``, ``format``, header lines, ``recovered_slices`` ...).
 
     Tensors given as float32 CPU torch tensors, or numpy arrays of the target dtype, are used without a copy
@@ -97,9 +99,6 @@ class EBSDVolume:
         if self.measured is None:
             self.measured = torch.ones(shp, dtype=torch.bool, device=dev)
         self.measured = _as_tensor(self.measured, torch.bool, "measured", shp).to(dev)
-        if bool((self.valid & ~self.measured).any()):
-            raise EBSDValueError("valid marks voxels that measured says were never measured; "
-                                 "a voxel that was not measured cannot be valid (clear valid there)")
         self.spacing = tuple(float(s) for s in self.spacing)
         self.origin = tuple(float(s) for s in self.origin)
         if len(self.spacing) != 3 or any(not np.isfinite(s) or s <= 0 for s in self.spacing):

@@ -9,8 +9,17 @@ OUT=${OUT:-/tmp/out}
 W=/tmp/work   # jobs write here; only a tarball and the checkpoints are copied to $OUT (few files come back)
 rm -rf "$W"; mkdir -p "$OUT" "$W"
 if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    >"$W/pip.log" 2>&1 || echo "wheel install failed (see pip.log)"
+  # install only the wheels whose module the machine lacks (its own numpy/torch stay in charge)
+  need=()
+  for w in .whl/*.whl; do
+    mod=$(basename "$w"); mod=${mod%%-*}; mod=${mod,,}
+    python3 -c "import $mod" 2>/dev/null || need+=("$w")
+  done
+  echo "wheels installed: ${need[*]:-none}"
+  if ((${#need[@]})); then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${need[@]}" \
+      >"$W/pip.log" 2>&1 || echo "wheel install failed (see pip.log)"
+  fi
   export PYTHONPATH=/tmp/site:$PWD
 else
   export PYTHONPATH=$PWD

@@ -188,8 +188,8 @@ def test_tiled_recovery_matches_untiled():
     vol = synthetic_volume((9, 44, 40), mean_grain_size=10, seed=3, noise_deg=0.5, missing_slices=[4, 5])
     net = tiny_model()  # tile 16, overlap 4: 4 x 4 network tiles
     missing = [4, 5]
-    raw, _ = batch.recover_tiled(vol, missing, model=net, tile=None, project=False)
-    raw_t, n = batch.recover_tiled(vol, missing, model=net, tile=15, halo=4, project=False)
+    raw, _ = batch.recover_tiled(vol, missing, model=net, tile=None, project=False, method="network")
+    raw_t, n = batch.recover_tiled(vol, missing, model=net, tile=15, halo=4, project=False, method="network")
     assert n == 9
     q, qt = raw.quaternions, raw_t.quaternions
     # the network output is the same voxel for voxel (same tiles), known slices untouched
@@ -197,12 +197,17 @@ def test_tiled_recovery_matches_untiled():
     keep = [z for z in range(9) if z not in missing]
     assert torch.equal(qt[keep], vol.quaternions[keep])
     # with the projection step, grain means come from the part of each grain inside the window
-    full, _ = batch.recover_tiled(vol, missing, model=net, tile=None)
-    tiled, _ = batch.recover_tiled(vol, missing, model=net, tile=15, halo=4)
+    full, _ = batch.recover_tiled(vol, missing, model=net, tile=None, method="network")
+    tiled, _ = batch.recover_tiled(vol, missing, model=net, tile=15, halo=4, method="network")
     ang = torch.rad2deg(misorientation_angle(full.quaternions[missing], tiled.quaternions[missing], "m-3m"))
     assert float(ang.median()) <= 1e-3 and float(ang.max()) <= 0.5  # measured: median 0, max 0.11 deg
     assert tiled.metadata["recovered_slices"] == missing
     assert torch.equal(tiled.confidence, full.confidence) and torch.equal(tiled.valid, full.valid)
+    # auto: one self-check (central window) decides the method for every window, and says so
+    auto, _ = batch.recover_tiled(vol, missing, model=net, tile=15, halo=4)
+    sc = auto.metadata["recovery_self_check"]
+    assert sc["window"] == "central" and sc["n_sections"] >= 1
+    assert auto.metadata["recovery_method"] == sc["method"].split(" (")[0]
 
 
 def test_tiled_rpca_equals_untiled_on_exactly_low_rank_volume(tmp_path):

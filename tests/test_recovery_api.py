@@ -23,7 +23,7 @@ def vol():
 
 def test_end_to_end_with_random_model(vol):
     net = tiny_model()
-    new = recover_missing_slices(vol, [5, 6], model=net, progress=False)
+    new = recover_missing_slices(vol, [5, 6], model=net, method="network", progress=False)
     assert isinstance(new, EBSDVolume) and new is not vol
     assert new.shape == vol.shape
     assert new.metadata["recovered_slices"] == [5, 6]
@@ -42,7 +42,8 @@ def test_end_to_end_with_random_model(vol):
 
 def test_details(vol):
     net = tiny_model()
-    new, details = recover_missing_slices(vol, [5, 6], model=net, progress=False, return_details=True)
+    new, details = recover_missing_slices(vol, [5, 6], model=net, method="network", progress=False,
+                                          return_details=True)
     assert details["recovered_slices"] == [5, 6]
     dis = details["disagreement_deg"]
     assert dis.shape == (2, 40, 36) and (dis >= 0).all() and (dis <= 180).all()
@@ -50,7 +51,7 @@ def test_details(vol):
 
 def test_without_projection_and_auto_detection(vol):
     net = tiny_model()
-    raw = recover_missing_slices(vol, None, model=net, project=False, progress=False)
+    raw = recover_missing_slices(vol, None, model=net, method="network", project=False, progress=False)
     assert raw.metadata["recovered_slices"] == [5, 6]
     assert raw.metadata["recovery_method"] == "transformer"
 

@@ -57,7 +57,7 @@ def test_bundled_checkpoint_beats_slerp(missing):
                                   unindexed_fraction=0.01, missing_slices=missing, return_truth=True)
     clean = truth.clean_quaternions[missing]
     # the shipped checkpoint, named explicitly (not "default", which $EBSDTK_RECOVERY_MODEL could redirect)
-    new = recover_missing_slices(vol, missing, model=DEFAULT_CHECKPOINT, progress=False)
+    new = recover_missing_slices(vol, missing, model=DEFAULT_CHECKPOINT, method="network", progress=False)
     assert new.metadata["recovery_method"] == "transformer+projection"
     ours = misorientation_deg(new.quaternions[missing], clean, "m-3m")
     slerp = misorientation_deg(slerp_neighbours(vol, missing).quaternions[missing], clean, "m-3m")

@@ -1,9 +1,7 @@
 """The ``measured`` flag of :class:`ebsd.EBSDVolume`: default, checks, copies, slicing, equality."""
-import pytest
 import torch
 
 from ebsd import EBSDVolume
-from ebsd.errors import EBSDValueError
 
 
 def _vol(**kw):
@@ -24,10 +22,3 @@ def test_measured_defaults_true_and_survives_copies():
     assert w.slices(1, 2).measured.shape == (1, 3, 4) and not bool(w.slices(1, 2).measured[0, 2, 3])
     assert not w.equals(_vol(valid=valid))  # differs only in measured
     assert w.equals(w.copy())
-
-
-def test_unmeasured_voxel_cannot_be_valid():
-    m = torch.ones(2, 3, 4, dtype=torch.bool)
-    m[0, 0, 0] = False
-    with pytest.raises(EBSDValueError, match="never measured"):
-        _vol(measured=m)

@@ -220,8 +220,6 @@ def assemble_volume(*, quaternions: torch.Tensor, phases: torch.Tensor, confiden
         measured = torch.ones(shp, dtype=torch.bool, device=quaternions.device)
     if tuple(measured.shape) != shp or measured.dtype != torch.bool:
         raise EBSDValueError(f"measured has shape {tuple(measured.shape)} / {measured.dtype}, expected {shp} / bool")
-    if bool((valid & ~measured).any()):
-        raise EBSDValueError("valid marks voxels that were never measured")
     flat = quaternions.reshape(-1, 4)
     step = 1 << 22
     for i in range(0, flat.shape[0], step):

@@ -81,6 +81,7 @@ class RecoverSlicesWidget(QWidget):
         self.viewer = napari_viewer
         self.worker = None
         self.result = None  # the recovered EBSDVolume of the last finished run
+        self.expected_error = None  # "expected error on this volume: ..." of the last finished run (self-check)
         self._job = None  # threading.Event of the run being waited for (set = cancelled); None = idle
         self._worker_running = False
         self.picker = _LayerPicker(napari_viewer, lambda lay: volume_of(lay) is not None)
@@ -223,16 +224,23 @@ class RecoverSlicesWidget(QWidget):
         @thread_worker(ignore_errors=True)
         def _work():
             from ..recovery import recover_missing_slices
+            from ..recovery.api import choose_method
 
             try:
                 current = vol
                 disagreement = np.zeros(vol.shape, dtype=np.float32)
+                method, check = "auto", None
                 for k, run in enumerate(runs):
                     yield (k, len(runs))
                     if job.is_set():
                         return None
+                    if k == 0:  # one self-check on the volume as given, for all runs
+                        method, check = choose_method(vol, missing, project=project)
+                        if job.is_set():
+                            return None
                     current, details = recover_missing_slices(
-                        current, missing=run, project=project, progress=False, return_details=True
+                        current, missing=run, project=project, progress=False, return_details=True,
+                        method=method, self_check=0, **((check or {}).get("settings") or {}),
                     )
                     dis = details.get("disagreement_deg") if isinstance(details, dict) else None
                     if dis is not None:
@@ -240,7 +248,7 @@ class RecoverSlicesWidget(QWidget):
                 yield (len(runs), len(runs))
                 if job.is_set():
                     return None
-                return current, disagreement
+                return current, disagreement, check
             except RuntimeError as exc:  # see the note above: superqt would swallow it without any signal
                 raise _WorkerFailed.wrap(exc) from exc
 
@@ -292,7 +300,13 @@ class RecoverSlicesWidget(QWidget):
     def _done(self, job, name: str, missing: list[int], res) -> None:
         if job is not self._job or job.is_set() or res is None:
             return
-        new, disagreement = res
+        new, disagreement, check = res
+        from ..recovery.api import expected_error_line
+
+        self.expected_error = expected_error_line(check)
+        if check:
+            new.metadata["recovery_self_check"] = {k: check[k] for k in ("method", "mean_deg", "median_deg",
+                                                                         "within5", "n_sections")}
         try:
             layers = volume_layers(new, name=f"{name} recovered")
             for data, kwargs, kind in layers[:1]:
@@ -308,7 +322,8 @@ class RecoverSlicesWidget(QWidget):
             self._errored(job, exc)
             return
         self.result = new
-        self._end(job, f"recovered slices {missing}; toggle the new layers to compare (undo = hide them)")
+        self._end(job, f"recovered slices {missing}; {self.expected_error}; toggle the new layers to compare "
+                       "(undo = hide them)")
 
     def _errored(self, job, exc) -> None:
         if job is not self._job or job.is_set():

@@ -64,6 +64,23 @@ def check_missing(vol, missing) -> list[int]:
     from ..errors import EBSDValueError
 
     Z = vol.shape[0]
+    if isinstance(missing, str):  # "12,13" or "12-14,20", as the CLI takes it
+        import re
+
+        parts, text = [], missing
+        for part in (t.strip() for t in text.split(",")):
+            if not part:
+                continue
+            m = re.fullmatch(r"(-?\d+)\s*-\s*(\d+)", part) if not part.startswith("-") else None
+            if m:
+                parts.extend(range(int(m[1]), int(m[2]) + 1))
+            else:
+                try:
+                    parts.append(int(part))
+                except ValueError:
+                    raise EBSDValueError(f"missing={text!r}: cannot read {part!r}; give slice indices as a list "
+                                         "of ints or a string like '12,13' or '12-14'") from None
+        missing = parts
     if isinstance(missing, (int,)) or (hasattr(missing, "ndim") and getattr(missing, "ndim") == 0):
         missing = [int(missing)]
     out = set()
@@ -82,21 +99,73 @@ def check_missing(vol, missing) -> list[int]:
     return sorted(out)
 
 
-def filled_volume(vol, filled: dict[int, torch.Tensor], method: str):
-    """A copy of ``vol`` with slices ``filled[z]`` (``(Y, X, 4)``) written in and marked valid; CI and IQ
-    of those slices are the mean of the nearest known slices; ``metadata["recovered_slices"]`` lists them."""
+def _source_map(vol, z: int, lo: int | None, hi: int | None) -> torch.Tensor:
+    """``(Y, X)`` int8 source of each voxel of recovered slice ``z`` when the method gives none: the nearer
+    known slice (0 = ``lo``, 1 = ``hi``; below on ties) where it is indexed there, else the other one."""
+    Y, X = vol.shape[1:]
+    src = torch.full((Y, X), -1, dtype=torch.int8, device=vol.device)
+    sides = [(0, lo), (1, hi)]
+    if lo is not None and hi is not None and (z - lo) > (hi - z):
+        sides = sides[::-1]
+    for code, k in reversed(sides):  # the preferred side is written last
+        if k is not None:
+            src[vol.valid[k]] = code
+    return src
+
+
+def source_fields(vol, lo: int | None, hi: int | None, src: torch.Tensor):
+    """Phase id, CI, IQ ``(Y, X)`` each and ``ok`` ``(Y, X)`` bool of recovered voxels whose orientation came
+    from ``src`` (0: the voxel below, slice ``lo``; 1: above, ``hi``; 2: both (CI/IQ averaged, phase of
+    ``lo``); -1: none, take the nearest in-plane voxel that has a source). ``ok`` is False only where no
+    voxel of the slice has a source (both neighbours entirely unindexed)."""
+    from .blend import _fill_from_neighbours
+
+    Y, X = src.shape
+    dev = vol.device
+    feats = torch.zeros(Y, X, 3, device=dev)
+    for code, k in ((0, lo), (1, hi)):
+        if k is None:
+            continue
+        f = torch.stack([vol.phases[k].float(), vol.confidence[k], vol.image_quality[k]], -1)
+        feats = torch.where((src.to(dev) == code)[..., None], f, feats)
+    both = (src.to(dev) == 2)
+    if bool(both.any()) and lo is not None and hi is not None:
+        fb = torch.stack([vol.phases[lo].float(), (vol.confidence[lo] + vol.confidence[hi]) / 2,
+                          (vol.image_quality[lo] + vol.image_quality[hi]) / 2], -1)
+        feats = torch.where(both[..., None], fb, feats)
+    have = src.to(dev) >= 0
+    if not bool(have.all()):
+        feats = _fill_from_neighbours(feats, have)
+    ok = torch.full((Y, X), bool(have.any()), dtype=torch.bool, device=dev)
+    return feats[..., 0].round().to(torch.int32), feats[..., 1], feats[..., 2], ok
+
+
+def filled_volume(vol, filled: dict[int, torch.Tensor], method: str, sources: dict[int, torch.Tensor] | None = None):
+    """A copy of ``vol`` with slices ``filled[z]`` (``(Y, X, 4)``) written in.
+
+    Every recovered voxel is ``valid`` and not ``measured`` (its orientation is inferred), and carries the
+    phase id, CI and IQ of the measured voxel its orientation came from: ``sources[z]`` ``(Y, X)`` int8
+    (0: the known slice below, 1: above, 2: both, -1: none; see :func:`source_fields`), or, without
+    ``sources``, the nearer known neighbour at the same ``(y, x)`` where that one is indexed, else the
+    other. So phase, CI, IQ and the valid flag agree (a voxel next to an unindexed slice gets the phase of
+    the grain it continues, never phase 0). ``metadata["recovered_slices"]`` lists the slices and
+    ``metadata["recovery_method"]`` names the method."""
     new = vol.copy()
     missing = set(filled)
     known = [z for z in range(vol.shape[0]) if z not in missing]
     for z, q in filled.items():
-        new.quaternions[z] = q.to(new.quaternions)
-        new.valid[z] = True
         lo = max((k for k in known if k < z), default=None)
         hi = min((k for k in known if k > z), default=None)
-        nb = [k for k in (lo, hi) if k is not None]
-        new.confidence[z] = torch.stack([vol.confidence[k] for k in nb]).mean(0)
-        new.image_quality[z] = torch.stack([vol.image_quality[k] for k in nb]).mean(0)
-        new.phases[z] = vol.phases[nb[0]]
+        src = sources.get(z) if sources else None
+        if src is None:
+            src = _source_map(vol, z, lo, hi)
+        ph, ci, iq, ok = source_fields(vol, lo, hi, src)
+        new.quaternions[z] = q.to(new.quaternions)
+        new.phases[z] = torch.where(ok, ph, torch.zeros_like(ph))
+        new.confidence[z] = ci
+        new.image_quality[z] = iq
+        new.valid[z] = ok
+        new.measured[z] = False
     prev = list(new.metadata.get("recovered_slices", []))
     new.metadata["recovered_slices"] = sorted(set(prev) | missing)
     new.metadata["recovery_method"] = method

@@ -43,6 +43,10 @@ class SampleConfig:
     symmetries: tuple[str, ...] = ("m-3m",)
     pool: int = 4
     off_centre_probability: float = 0.3
+    # realism (ebsd.recovery.realism; zero ranges give the first wave's flat grains)
+    gradient_deg: tuple[float, float] = (0.0, 0.0)
+    misindexed: tuple[float, float] = (0.0, 0.0)
+    z_ratio: tuple[float, float] = (1.0, 1.0)
     extra: dict = field(default_factory=dict)
 
 
@@ -58,6 +62,8 @@ def make_volume(seed: int, cfg: SampleConfig):
     elong = (1.0, 1.0, 1.0)
     if rng.random() < cfg.elongation_probability:
         elong = (rng.uniform(0.6, 1.0), rng.uniform(1.0, 2.0), rng.uniform(0.6, 1.5))
+    zr = math.exp(rng.uniform(math.log(cfg.z_ratio[0]), math.log(cfg.z_ratio[1])))
+    elong = (elong[0] / zr, elong[1], elong[2])  # sections zr in-plane steps apart: grains shorter along z
     vol, truth = synthetic_volume(
         cfg.volume_shape, gs, sym, seed,
         size_spread=rng.uniform(0.1, 0.5), elongation=elong,
@@ -65,7 +71,14 @@ def make_volume(seed: int, cfg: SampleConfig):
         noise_deg=rng.uniform(*cfg.noise_deg), unindexed_fraction=rng.uniform(*cfg.unindexed),
         return_truth=True,
     )
-    return vol.quaternions, vol.valid, truth.clean_quaternions, sym
+    q, clean = vol.quaternions, truth.clean_quaternions
+    grad, mis = rng.uniform(*cfg.gradient_deg), rng.uniform(*cfg.misindexed)
+    if grad > 0 or mis > 0:
+        from .realism import add_realism
+
+        q, clean, _ = add_realism(q, clean, vol.valid, sym, seed, gradient_deg=grad,
+                                  gradient_length=rng.uniform(4.0, 16.0), misindexed=mis, z_ratio=zr)
+    return q, vol.valid, clean, sym
 
 
 class SampleStream:
