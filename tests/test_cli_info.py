@@ -48,9 +48,15 @@ def test_info_broken_file_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "ebsdtk info: error:" in err and str(p) in err
     q = tmp_path / "cut.ang"
+    q.write_text("# Phase 1\n# MaterialName Ni\n# Symmetry 43\n# NCOLS_ODD: 3\n# NROWS: 2\n"
+                 + "0 0 0 0 0 1 1 1\n" * 7)
+    assert main(["info", str(q)]) == 2  # 7 points for a 2 x 3 grid, no coordinates to place them
+    assert "2 x 3" in capsys.readouterr().err
+    # a truncated scan (1 of 6 points written) loads; info counts the points never measured
     q.write_text("# Phase 1\n# MaterialName Ni\n# Symmetry 43\n# NCOLS_ODD: 3\n# NROWS: 2\n0 0 0 0 0 1 1 1\n")
-    assert main(["info", str(q)]) == 2
-    assert "truncated" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="truncated"):
+        assert main(["info", str(q)]) == 0
+    assert "not measured:     5 voxels" in capsys.readouterr().out
     assert main(["info", str(tmp_path / "missing.ang")]) == 2
 
 
