@@ -124,7 +124,7 @@ def infer_step(v: np.ndarray) -> float:
         return 0.0
     d = np.diff(u)
     d = d[d > 1e-9]
-    return float(np.min(d)) if d.size else 0.0
+    return float(f"{float(np.min(d)):.9g}") if d.size else 0.0  # 0.3999999999999986 -> 0.4
 
 
 def _fit(x, y, dx, dy, nrows, ncols) -> np.ndarray | None:
