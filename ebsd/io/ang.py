@@ -15,7 +15,12 @@ Conventions of this reader (all checked against :func:`orix.io.load` on real fil
   onto a square grid of step ``XSTEP`` by nearest neighbour (what OIM's "convert to square grid" does).
 * Files without ``NCOLS``/``NROWS`` (e.g. ACOM exports) get their grid from the x/y columns. Files marked as
   ACOM (NanoMegas ASTAR) give x/y in nm (as orix assumes); spacing is converted to um.
-* Points may come in any order: they are placed by their x/y coordinates, which must form a complete grid.
+* Points may come in any order: they are placed by their x/y coordinates (:mod:`ebsd.io._grid`). A header grid
+  (``NROWS``/``NCOLS``/``XSTEP``) that disagrees with coordinates forming a complete grid of their own is stale:
+  the coordinates win (warned). A scan whose points stop early in raster order (truncated last row, possibly a
+  line cut mid-way) keeps the header grid with the unwritten points ``measured`` False (warned). Anything else
+  that fits neither is refused, naming both.
+* Header text is UTF-8, or Latin-1 where it is not; CRLF line ends and any number of extra columns are read.
 """
 from __future__ import annotations
 
