@@ -148,3 +148,12 @@ def test_multiphase_volume_keeps_both_symmetries_everywhere(tmp_path):
         ref = IPFColorKeyTSL(sym).orientation2color(o)
         assert np.abs(rgb[sel].numpy() - ref).max() < 1e-3
     assert (rgb[~vol.valid] == 0).all()
+
+
+def test_phase_name_kept_verbatim(tmp_path):
+    # orix renames an .ang phase "Iron bcc (old)" to "No"; the name is the material's, keep it
+    rows, _ = _ang_rows(2, 3, 0.5, seed=3)
+    text = STALE_HEADER.replace("140", "3").replace("160", "2").replace("Iron (Alpha)", "Iron bcc (old)")
+    p = tmp_path / "old.ang"
+    p.write_text(text.format(xstep="0.5", ystep="0.5") + rows)
+    assert load_volume(p).phase_info[1].name == "Iron bcc (old)"
