@@ -83,6 +83,11 @@ def load_table(raw: bytes, path, min_columns: int) -> tuple[np.ndarray, bool]:
             raise fmt_error(path, f"data rows are garbled ({msg})") from None
     if data.ndim != 2:
         data = data.reshape(1, -1)
+    bad = np.isnan(data).any(1)
+    if bad.any():  # a short row (pandas pads it with NaN) or a "nan" token: the columns can no longer be trusted
+        i = int(np.flatnonzero(bad)[0])
+        raise fmt_error(path, f"data row {i + 1} has missing fields or NaN values ({int(bad.sum())} such row(s)); "
+                        "the file is damaged")
     return data, dropped
 
 

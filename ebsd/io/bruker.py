@@ -70,8 +70,15 @@ def is_bruker(f: h5py.File) -> bool:
 
 
 def list_bruker_scans(f: h5py.File) -> list[str]:
-    out = [k for k in f.keys() if k.strip().lower() not in ("manufacturer", "version")
-           and isinstance(f.get(f"{k}/EBSD/Data"), h5py.Group) and isinstance(f.get(f"{k}/EBSD/Header"), h5py.Group)]
+    """Root groups holding an EBSD group (both Data and Header, else :class:`EBSDFormatError`), natural order."""
+    out = []
+    for k in f.keys():
+        if k.strip().lower() in ("manufacturer", "version") or not isinstance(f.get(f"{k}/EBSD"), h5py.Group):
+            continue
+        if not (isinstance(f.get(f"{k}/EBSD/Data"), h5py.Group) and isinstance(f.get(f"{k}/EBSD/Header"), h5py.Group)):
+            raise EBSDFormatError(f"{f.filename}: scan {k!r} has an EBSD group without both Data and Header; the file "
+                                  "is damaged")
+        out.append(k)
     return sorted(out, key=natural_key)
 
 

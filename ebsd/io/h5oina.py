@@ -63,8 +63,14 @@ def list_slices(f: h5py.File) -> list[str]:
         names = [_str(v) for v in np.asarray(idx[()]).ravel()]
     if not names:
         names = [k for k in f.keys() if isinstance(f.get(k), h5py.Group)]
-    out = [n for n in names if isinstance(f.get(f"{n}/EBSD/Data"), h5py.Group)
-           and isinstance(f.get(f"{n}/EBSD/Header"), h5py.Group)]
+    out = []
+    for n in names:
+        if not isinstance(f.get(f"{n}/EBSD"), h5py.Group):
+            continue  # an EDS-only or image-only slice
+        if not (isinstance(f.get(f"{n}/EBSD/Data"), h5py.Group) and isinstance(f.get(f"{n}/EBSD/Header"), h5py.Group)):
+            raise EBSDFormatError(f"{f.filename}: slice {n!r} has an EBSD group without both Data and Header; the "
+                                  "file is damaged")
+        out.append(n)
     return sorted(dict.fromkeys(out), key=natural_key)
 
 
