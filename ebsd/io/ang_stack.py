@@ -78,6 +78,40 @@ def list_ang_files(path, pattern: str | None = None) -> list[Path]:
     return list_slice_files(path, pattern, kind="ang")[0]
 
 
+def _parse_quiet(parse, f, hex_to_square, z, caught):
+    """Parse one slice, collecting its warnings (re-emitted once per kind by :func:`_report`)."""
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        s = parse(f, hex_to_square=hex_to_square)
+    for w in rec:
+        if issubclass(w.category, UserWarning):
+            caught.append((z, str(w.message)))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return s
+
+
+def _kind(msg: str) -> str:
+    for key in ("trusting the coordinates", "truncated", "Error 5", "have no data", "cut off"):
+        if key in msg:
+            return key
+    return msg
+
+
+def _report(caught, files) -> None:
+    """One warning per kind of decision: the first slice's message, plus how many other slices got the same."""
+    groups: dict[str, list[tuple[int, str]]] = {}
+    for z, msg in caught:
+        groups.setdefault(_kind(msg), []).append((z, msg))
+    for items in groups.values():
+        z0, msg = items[0]
+        if len(items) > 1:
+            others = [files[z].name for z, _ in items[1:]]
+            msg += (f" [the same was decided for {len(others)} more slice(s) of this stack: "
+                    f"{', '.join(others[:5])}{' ...' if len(others) > 5 else ''}]")
+        warnings.warn(msg, stacklevel=4)
+
+
 def _same_phases(a: dict[int, Phase], b: dict[int, Phase]) -> bool:
     return set(a) == set(b) and all(a[k].symmetry == b[k].symmetry for k in a)
 
@@ -113,7 +147,8 @@ def read_slice_stack(
                 raise ValueError("not a JSON object")
         except (OSError, ValueError) as exc:
             raise EBSDFormatError(f"{Path(path) / SIDECAR}: unreadable sidecar ({exc}); delete or fix it") from None
-    first = parse(files[0], hex_to_square=hex_to_square)
+    caught: list[tuple[int, str]] = []
+    first = _parse_quiet(parse, files[0], hex_to_square, 0, caught)
     Y, X = first.shape
     Z = len(files)
     if z_spacing is not None:
@@ -142,7 +177,7 @@ def read_slice_stack(
           "of a stack need the same grid, step and phases (remove or fix that slice, or pass the others as a list)"
     with progress_bar(Z, f"reading .{kind} slices", progress) as bar:
         for z, f in enumerate(files):
-            s = first if z == 0 else parse(f, hex_to_square=hex_to_square)
+            s = first if z == 0 else _parse_quiet(parse, f, hex_to_square, z, caught)
             if s.shape != (Y, X):
                 raise EBSDFormatError(f"{f}: " + odd.format(z=z, Z=Z, f=f.name, f0=files[0].name, what="grid",
                                                             a=f"{s.shape[0]} x {s.shape[1]}", b=f"{Y} x {X}"))
@@ -164,6 +199,7 @@ def read_slice_stack(
             if s.phase0_mapped is not None:
                 mapped[z] = s.phase0_mapped
             bar.update(1)
+    _report(caught, files)
     if mapped and len(mapped) < Z:
         # some slices use the phase id itself, so in this stack phase 0 means "not indexed" everywhere
         for z, m in mapped.items():
