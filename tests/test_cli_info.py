@@ -48,9 +48,15 @@ def test_info_broken_file_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "ebsdtk info: error:" in err and str(p) in err
     q = tmp_path / "cut.ang"
+    q.write_text("# Phase 1\n# MaterialName Ni\n# Symmetry 43\n# NCOLS_ODD: 3\n# NROWS: 2\n"
+                 + "0 0 0 0 0 1 1 1\n" * 7)
+    assert main(["info", str(q)]) == 2  # 7 points for a 2 x 3 grid, no coordinates to place them
+    assert "2 x 3" in capsys.readouterr().err
+    # a truncated scan (1 of 6 points written) loads; info counts the points never measured
     q.write_text("# Phase 1\n# MaterialName Ni\n# Symmetry 43\n# NCOLS_ODD: 3\n# NROWS: 2\n0 0 0 0 0 1 1 1\n")
-    assert main(["info", str(q)]) == 2
-    assert "truncated" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="truncated"):
+        assert main(["info", str(q)]) == 0
+    assert "not measured:     5 voxels" in capsys.readouterr().out
     assert main(["info", str(tmp_path / "missing.ang")]) == 2
 
 
@@ -62,3 +68,16 @@ def test_info_subprocess_entry_point(tmp_path):
     r = subprocess.run([sys.executable, "-m", "ebsd", "info", str(tmp_path / "nope.dream3d")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "no such file" in r.stderr
+
+
+def test_info_reads_ctf_and_h5oina(tmp_path, capsys, shared_data):
+    from _io_files import write_h5oina
+
+    assert main(["info", str(shared_data / "ctf" / "twins.ctf")]) == 0
+    out = capsys.readouterr().out
+    assert "1 x 137 x 167" in out and "Magnesium" in out and "6/mmm" in out and "(ctf)" in out
+    p = write_h5oina(tmp_path / "map.h5oina", random_volume((2, 3, 4), seed=1))
+    assert main(["info", str(p), "--z-spacing", "0.5", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["format"] == "h5oina" and d["shape"] == [2, 3, 4]
+    assert [(q["name"], q["symmetry"]) for q in d["phases"]] == [("Nickel", "m-3m"), ("Titanium (Alpha)", "6/mmm")]

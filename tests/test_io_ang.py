@@ -270,9 +270,17 @@ def test_degrees_are_rejected(tmp_path):
 
 
 def test_row_count_mismatch(tmp_path):
+    # two complete rows of coordinates under a header that says three rows: the coordinates win, with a warning
     p = tmp_path / "short.ang"
     p.write_text(HEADER.format(grid="SqrGrid", odd=4, even=4, rows=3) + _rows(2, 4))
-    with pytest.raises(EBSDFormatError, match="truncated"):
+    with pytest.warns(UserWarning, match="trusting the coordinates"):
+        vol = load_volume(p)
+    assert vol.shape == (1, 2, 4) and bool(vol.measured.all())
+    # a hole in the middle fits neither the header nor a grid of the coordinates' own: refused, naming both
+    lines = _rows(3, 4).splitlines()
+    del lines[5]
+    p.write_text(HEADER.format(grid="SqrGrid", odd=4, even=4, rows=3) + "\n".join(lines) + "\n")
+    with pytest.raises(EBSDFormatError, match=r"NROWS x NCOLS = 3 x 4.*x, y columns span 3 rows x 4 columns"):
         load_volume(p)
 
 

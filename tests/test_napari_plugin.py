@@ -36,7 +36,7 @@ def test_parse_helpers():
         parse_indices("a,b")
 
 
-@pytest.mark.parametrize("fmt", ["dream3d", "ang_folder", "ang_file", "h5"])
+@pytest.mark.parametrize("fmt", ["dream3d", "ang_folder", "ang_file", "h5", "ctf_file", "ctf_folder", "h5oina"])
 def test_reader_opens_each_format_with_shape_and_scale(make_napari_viewer, tmp_path, small_volume, fmt):
     from ebsd.io import save_volume
 
@@ -52,6 +52,20 @@ def test_reader_opens_each_format_with_shape_and_scale(make_napari_viewer, tmp_p
         save_volume(vol, folder, format="ang")
         path = sorted(folder.glob("*.ang"))[0]
         vol = vol.slices(0, 1)
+    elif fmt == "ctf_file":
+        vol = vol.slices(0, 1)
+        path = save_volume(vol, tmp_path / "v.CTF")
+    elif fmt == "ctf_folder":
+        from ebsd.io.ctf import write_ctf
+
+        path = tmp_path / "ctf_slices"
+        path.mkdir()
+        for z in range(vol.shape[0]):
+            write_ctf(vol, path / f"s{z + 1}.ctf", z=z)
+    elif fmt == "h5oina":
+        from _io_files import write_h5oina
+
+        path = write_h5oina(tmp_path / "v.h5oina", vol)
     else:
         from ebsd.io.h5oim import write_oim_h5
 
@@ -64,7 +78,7 @@ def test_reader_opens_each_format_with_shape_and_scale(make_napari_viewer, tmp_p
     ipf = [lay for lay in layers if lay.name.endswith("IPF-Z")][0]
     assert ipf.rgb and ipf.data.shape == (*vol.shape, 3)
     # single slices carry no z spacing (readers default dz to the in-plane step): compare (dy, dx) there
-    k = 0 if fmt in ("dream3d", "ang_folder") else 1
+    k = 0 if fmt in ("dream3d", "ang_folder") else 1  # (.ctf folders and .h5oina stacks carry no dz either)
     np.testing.assert_allclose(ipf.scale[k:], vol.spacing[k:], rtol=1e-5)
     assert any(n.endswith("phases") for n in names) and any(n.endswith("CI") for n in names)
     got = volume_of(ipf)

@@ -247,3 +247,19 @@ def check_z_spacing(z_spacing) -> float:
                                           and z_spacing > 0):
         raise EBSDValueError(f"z_spacing must be a positive number of micrometres, got {z_spacing!r}")
     return float(z_spacing)
+
+
+# ---------------------------------------------------------------------------------------------- space groups
+# International Tables space-group number ranges -> Laue class (Bruker ESPRIT stores "IT", the number).
+_SG_LAUE = ((2, "-1"), (15, "2/m"), (74, "mmm"), (88, "4/m"), (142, "4/mmm"), (148, "-3"), (167, "-3m"),
+            (176, "6/m"), (194, "6/mmm"), (206, "m-3"), (230, "m-3m"))
+
+
+def laue_from_space_group(number: int) -> str | None:
+    """Laue class of space group ``number`` (1..230), else ``None``."""
+    if not 1 <= int(number) <= 230:
+        return None
+    for last, laue in _SG_LAUE:
+        if number <= last:
+            return laue
+    return None  # pragma: no cover

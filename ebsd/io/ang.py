@@ -15,7 +15,12 @@ Conventions of this reader (all checked against :func:`orix.io.load` on real fil
   onto a square grid of step ``XSTEP`` by nearest neighbour (what OIM's "convert to square grid" does).
 * Files without ``NCOLS``/``NROWS`` (e.g. ACOM exports) get their grid from the x/y columns. Files marked as
   ACOM (NanoMegas ASTAR) give x/y in nm (as orix assumes); spacing is converted to um.
-* Points may come in any order: they are placed by their x/y coordinates, which must form a complete grid.
+* Points may come in any order: they are placed by their x/y coordinates (:mod:`ebsd.io._grid`). A header grid
+  (``NROWS``/``NCOLS``/``XSTEP``) that disagrees with coordinates forming a complete grid of their own is stale:
+  the coordinates win (warned). A scan whose points stop early in raster order (truncated last row, possibly a
+  line cut mid-way) keeps the header grid with the unwritten points ``measured`` False (warned). Anything else
+  that fits neither is refused, naming both.
+* Header text is UTF-8, or Latin-1 where it is not; CRLF line ends and any number of extra columns are read.
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ from ._common import (
     quat_to_euler_np,
     resolve_phase0,
 )
+from ._grid import decode_text, hex_to_square_index, infer_step, load_table, resolve_grid
 
 __all__ = ["read_ang", "write_ang", "parse_ang", "AngSlice"]
 
@@ -66,6 +72,8 @@ class AngSlice:
     scan_unit: str = "um"
     grid: str = "SqrGrid"
     phase0_mapped: np.ndarray | None = None  # where phase value 0 was read as the single phase
+    measured: np.ndarray | None = None  # (Y, X) bool, False where a truncated scan wrote no point; None = all
+    extra: dict = field(default_factory=dict)  # format-specific metadata (.ctf: column names, Euler note)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -84,7 +92,7 @@ def _split_header(raw: bytes, path) -> tuple[list[str], int]:
             end = raw.find(b"\n", pos)
             if end < 0:
                 end = n
-            lines.append(raw[pos + 1:end].decode("utf-8", errors="replace").rstrip("\r\n"))
+            lines.append(decode_text(raw[pos + 1:end]).rstrip("\r\n"))
             pos = end + 1
             if len(lines) > _MAX_HEADER_LINES:
                 raise fmt_error(path, f"more than {_MAX_HEADER_LINES} header lines; not an .ang file")
@@ -206,43 +214,15 @@ def _phase_info(hdr: dict, path) -> dict[int, Phase]:
 
 
 # ---------------------------------------------------------------------------------------------- grid
-def _infer_step(v: np.ndarray) -> float:
-    u = np.unique(np.round(v, 6))
-    if u.size < 2:
-        return 0.0
-    d = np.diff(u)
-    d = d[d > 1e-9]
-    return float(np.min(d)) if d.size else 0.0
-
-
-def _grid_indices(x, y, dx, dy, ncols, nrows, path):
-    """Row/column index of every point; checks they form a complete ``nrows x ncols`` grid."""
-    x0, y0 = float(x.min()), float(y.min())
-    col = np.rint((x - x0) / dx)
-    row = np.rint((y - y0) / dy)
-    if (np.abs(x - x0 - col * dx) > 0.26 * dx).any() or (np.abs(y - y0 - row * dy) > 0.26 * dy).any():
-        raise fmt_error(path, f"x/y columns are not on a square grid of step ({dx}, {dy}) um")
-    if col.max() >= ncols or row.max() >= nrows:
-        raise fmt_error(
-            path, f"x/y columns span {int(row.max()) + 1} rows x {int(col.max()) + 1} columns but the header "
-            f"says NROWS={nrows}, NCOLS={ncols}"
-        )
-    flat = (row * ncols + col).astype(np.int64)
-    if flat.size != nrows * ncols or (np.bincount(flat, minlength=flat.size) != 1).any():
-        raise fmt_error(path, "x/y columns repeat a grid point (or miss one); the data are garbled")
-    return flat, x0, y0
+_infer_step = infer_step
 
 
 def _hex_to_square(x, y, xstep, path):
     """Nearest-neighbour resampling of hexagonal-grid points onto a square grid of step ``xstep``."""
-    from scipy.spatial import cKDTree
-
-    x0, y0 = float(x.min()), float(y.min())
-    nx = int(math.floor((float(x.max()) - x0) / xstep + 1e-6)) + 1
-    ny = int(math.floor((float(y.max()) - y0) / xstep + 1e-6)) + 1
-    gy, gx = np.meshgrid(y0 + xstep * np.arange(ny), x0 + xstep * np.arange(nx), indexing="ij")
-    _, idx = cKDTree(np.column_stack([x, y])).query(np.column_stack([gx.ravel(), gy.ravel()]))
-    return idx, ny, nx, x0, y0
+    try:
+        return hex_to_square_index(x, y, xstep)
+    except ValueError as exc:
+        raise fmt_error(path, f"cannot resample the hexagonal grid: {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------- reader
@@ -268,19 +248,10 @@ def _parse_ang(path: Path, hex_to_square: bool) -> AngSlice:
     hdr = parse_header(lines, path)
     phase_info = _phase_info(hdr, path)
 
-    text = raw[start:].decode("latin-1")
-    try:
-        data = np.loadtxt(io.StringIO(text), dtype=np.float64, comments="#", ndmin=2)
-    except ValueError as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else "unparsable numbers"
-        raise fmt_error(path, f"data rows are garbled ({msg})") from None
+    data, cut = load_table(raw[start:], path, 8)
     if data.size == 0:
         raise fmt_error(path, "the header is present but there are no data rows (truncated file?)")
     n, ncol = data.shape
-    if ncol < 8:
-        raise fmt_error(
-            path, f"data rows have {ncol} columns; an .ang needs at least 8 (phi1 PHI phi2 x y IQ CI phase)"
-        )
     euler = data[:, :3]
     x, y, iq, ci, ph = data[:, 3], data[:, 4], data[:, 5], data[:, 6], data[:, 7]
     for name, arr in (("Euler angle columns", euler), ("x/y columns", data[:, 3:5]),
@@ -314,48 +285,30 @@ def _parse_ang(path: Path, hex_to_square: bool) -> AngSlice:
             raise fmt_error(path, "HexGrid without a usable XSTEP; cannot resample")
         idx, nrows, ncols, x0, y0 = _hex_to_square(x, y, xstep, path)
         dx = dy = xstep
-        order = idx
         grid = "SqrGrid"
+        measured = None
+
+        def grid_arr(a, fill=0):
+            return a[idx].reshape(nrows, ncols, *a.shape[1:])
     elif not grid.lower().startswith("sqr"):
         raise fmt_error(path, f"unknown GRID {grid!r}; expected SqrGrid (or HexGrid)")
     else:
-        dx = hdr["xstep"] if hdr["xstep"] else _infer_step(x)
-        dy = hdr["ystep"] if hdr["ystep"] else _infer_step(y)
-        ncols = hdr["ncols_odd"] or hdr["ncols_even"]
         if hdr["ncols_odd"] and hdr["ncols_even"] and hdr["ncols_odd"] != hdr["ncols_even"]:
             raise fmt_error(path, f"SqrGrid with NCOLS_ODD={hdr['ncols_odd']} != NCOLS_EVEN={hdr['ncols_even']}")
-        nrows = hdr["nrows"]
-        if not ncols:
-            ncols = int(round((x.max() - x.min()) / dx)) + 1 if dx > 0 else 1
-        if not nrows:
-            nrows = int(round((y.max() - y.min()) / dy)) + 1 if dy > 0 else 1
-        if nrows * ncols != n:
-            raise fmt_error(
-                path, f"{n} data rows but the grid is NROWS x NCOLS = {nrows} x {ncols} = {nrows * ncols} "
-                "(truncated file, or wrong header)"
-            )
-        if dx <= 0 and ncols > 1 or dy <= 0 and nrows > 1:
-            raise fmt_error(path, f"step sizes XSTEP={dx}, YSTEP={dy} must be positive")
-        dx = dx if dx > 0 else 1.0
-        dy = dy if dy > 0 else 1.0
-        if np.ptp(x) == 0 and np.ptp(y) == 0 and n > 1:
-            # no coordinates in the file: trust the raster order
-            flat, x0, y0 = np.arange(n), 0.0, 0.0
-        else:
-            flat, x0, y0 = _grid_indices(x, y, dx, dy, ncols, nrows, path)
-        if np.array_equal(flat, np.arange(n)):
-            order = None
-        else:
-            order = np.empty(n, dtype=np.int64)
-            order[flat] = np.arange(n)  # grid position -> data row
+        if (hdr["xstep"] is not None and hdr["xstep"] < 0) or (hdr["ystep"] is not None and hdr["ystep"] < 0):
+            raise fmt_error(path, f"step sizes XSTEP={hdr['xstep']}, YSTEP={hdr['ystep']} must be positive")
+        place = resolve_grid(x, y, nrows_h=hdr["nrows"], ncols_h=hdr["ncols_odd"] or hdr["ncols_even"],
+                             dx_h=hdr["xstep"], dy_h=hdr["ystep"], path=path,
+                             header_names=("NROWS", "NCOLS", "XSTEP", "YSTEP"), truncated_tail=cut)
+        nrows, ncols, dx, dy, x0, y0 = place.nrows, place.ncols, place.dx, place.dy, place.x0, place.y0
+        measured = place.measured
 
-    def grid_arr(a):
-        a = a if order is None else a[order]
-        return a.reshape(nrows, ncols, *a.shape[1:])
+        def grid_arr(a, fill=0):
+            return place.to_grid(a, fill)
 
-    phase_vals = grid_arr(ph).astype(np.int32)
+    phase_vals = grid_arr(ph, 0).astype(np.int32)
     ids = set(phase_info)
-    ci_g = grid_arr(ci).astype(np.float32)
+    ci_g = grid_arr(ci, -1.0).astype(np.float32)
     phase_vals, phase0_mapped = resolve_phase0(phase_vals, ci_g, ids)
     known = np.isin(phase_vals, np.fromiter(ids, dtype=np.int32))
     unknown_vals = np.unique(phase_vals[~known])
@@ -367,12 +320,14 @@ def _parse_ang(path: Path, hex_to_square: bool) -> AngSlice:
     valid = known & (ci_g >= 0)
 
     scale = 1e-3 if scan_unit == "nm" else 1.0
-    q = euler_rows_to_quat(grid_arr(euler))
+    if measured is not None:
+        valid &= measured
+    q = euler_rows_to_quat(grid_arr(euler, 0.0))
     return AngSlice(
         quaternions=q,
         phases=phase_vals,
         confidence=ci_g,
-        image_quality=grid_arr(iq).astype(np.float32),
+        image_quality=grid_arr(iq, 0.0).astype(np.float32),
         valid=valid,
         dy=dy * scale,
         dx=dx * scale,
@@ -384,6 +339,7 @@ def _parse_ang(path: Path, hex_to_square: bool) -> AngSlice:
         scan_unit=scan_unit,
         grid=grid,
         phase0_mapped=phase0_mapped,
+        measured=measured,
     )
 
 
@@ -400,6 +356,7 @@ def read_ang(path, z_spacing: float | None = None, hex_to_square: bool = False) 
         origin=(0.0, s.y0, s.x0),
         phase_info=s.phase_info,
         valid=torch.from_numpy(s.valid[None]),
+        measured=None if s.measured is None else torch.from_numpy(s.measured[None]),
         metadata={
             "source": str(path), "format": "ang", "ang_header": s.header, "ang_columns": s.n_columns,
             "scan_unit_in_file": s.scan_unit,
@@ -491,6 +448,9 @@ def write_ang(vol: EBSDVolume, path, z: int = 0, overwrite: bool = False) -> Pat
     """Write slice ``z`` of ``vol`` as a TSL ``.ang`` (columns phi1 PHI phi2 x y IQ CI phase SEM fit).
 
     Invalid voxels (``valid`` False) get CI = -1 (the TSL "not indexed" mark; .ang has no separate mask).
+    Voxels never measured (``measured`` False) are written as not indexed too (CI = -1): a single ``.ang`` loses
+    the difference between "not measured" and "not indexed" (a folder written by
+    :func:`ebsd.io.ang_stack.write_ang_folder` keeps it in its ``ebsdtk.json``).
     Written via a temporary file and a rename; never replaces a file without ``overwrite=True``.
     """
     from ._atomic import atomic_file
@@ -512,6 +472,7 @@ def write_ang(vol: EBSDVolume, path, z: int = 0, overwrite: bool = False) -> Pat
     ph_all = vol.phases[z].cpu().numpy().astype(np.int64).ravel()
     # an invalid voxel is marked by CI = -1 unless its phase value (0, -1, ...) already says "not indexed"
     ci = np.where(~valid & np.isin(ph_all, ph_ids) & (ci >= 0), -1.0, ci)
+    ci = np.where(vol.measured[z].cpu().numpy().ravel(), ci, -1.0)  # never measured: written as not indexed
     iq = vol.image_quality[z].cpu().numpy().astype(np.float64).ravel()
     ph = vol.phases[z].cpu().numpy().astype(np.int64).ravel()
     cols = np.column_stack([eul, xx.ravel(), yy.ravel(), iq, ci, ph, np.zeros_like(iq), np.zeros_like(iq)])

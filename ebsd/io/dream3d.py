@@ -7,7 +7,8 @@ Layout read and written::
                                                   ORIGIN (x,y,z) float32; attrs GeometryType 0 (image) ...
     /DataContainers/<container>/CellData          attrs AttributeMatrixType 3, TupleDimensions (x,y,z)
         EulerAngles (Z,Y,X,3) float32 radians, Phases (Z,Y,X,1) int32, Confidence Index, Image Quality
-        (Z,Y,X,1) float32, Quats (Z,Y,X,4) float32, Mask (Z,Y,X,1) uint8 ("DataArray<bool>")
+        (Z,Y,X,1) float32, Quats (Z,Y,X,4) float32, Mask (Z,Y,X,1) uint8 ("DataArray<bool>"),
+        Measured (Z,Y,X,1) uint8 ("DataArray<bool>", ours: EBSDVolume.measured; absent = all measured)
         each with attrs ComponentDimensions, TupleDimensions, ObjectType, DataArrayVersion 2
     /DataContainers/<container>/CellEnsembleData  attrs AttributeMatrixType 11
         CrystalStructures (N+1,1) uint32 (EbsdLib codes: 0 6/mmm, 1 m-3m, 2 6/m, 3 m-3, 4 -1, 5 2/m,
@@ -60,6 +61,7 @@ _CELL_NAMES = {
     "ci": ("Confidence Index", "ConfidenceIndex", "CI"),
     "iq": ("Image Quality", "ImageQuality", "IQ"),
     "mask": ("Mask", "GoodVoxels"),
+    "measured": ("Measured",),
 }
 
 
@@ -207,7 +209,8 @@ def _read(f: h5py.File, path: Path, container: str | None, progress: bool) -> EB
 
     zyx = (Z, Y, X)
     # check every cell array's shape against the geometry before allocating anything
-    for key, comps in (("quats", 4), ("euler", 3), ("phases", 1), ("ci", 1), ("iq", 1), ("mask", 1)):
+    for key, comps in (("quats", 4), ("euler", 3), ("phases", 1), ("ci", 1), ("iq", 1), ("mask", 1),
+                       ("measured", 1)):
         ds = _find(cell, _CELL_NAMES[key])
         if ds is not None and tuple(ds.shape) not in ((Z, Y, X, comps),) + (((Z, Y, X),) if comps == 1 else ()):
             raise fmt_error(
@@ -320,6 +323,14 @@ def _read(f: h5py.File, path: Path, container: str | None, progress: bool) -> EB
         ids = torch.tensor(sorted(phase_info), dtype=torch.int32)
         valid = torch.isin(phases, ids) & (ci >= 0)
 
+    measured = None
+    dmeas = _find(cell, _CELL_NAMES["measured"])
+    if dmeas is not None:
+        m = np.empty((Z, Y, X), dtype=np.uint8)
+        _read_field(path, dmeas, "Measured", zyx, 1, "iub", m, progress)
+        measured = torch.from_numpy(m.astype(bool))
+        valid &= measured
+
     sp = (float(spacing[2]), float(spacing[1]), float(spacing[0]))
     org = (float(origin[2]), float(origin[1]), float(origin[0]))
     for key, cur in (("spacing", sp), ("origin", org)):  # exact float64 values we wrote, if they still agree
@@ -340,7 +351,7 @@ def _read(f: h5py.File, path: Path, container: str | None, progress: bool) -> EB
     if len(cand) > 1:
         md["dream3d_other_containers"] = cand[1:]
     return assemble_volume(quaternions=quats, phases=phases, confidence=ci, image_quality=iq, spacing=sp, origin=org,
-                      phase_info=phase_info, valid=valid, metadata=md)
+                           phase_info=phase_info, valid=valid, metadata=md, measured=measured)
 
 
 # ---------------------------------------------------------------------------------------------- writer
@@ -406,9 +417,11 @@ def write_dream3d(vol: EBSDVolume, path, overwrite: bool = False, container: str
             d_ci = cell.create_dataset("Confidence Index", (Z, Y, X, 1), np.float32, chunks=chunks(1), **kw)
             d_iq = cell.create_dataset("Image Quality", (Z, Y, X, 1), np.float32, chunks=chunks(1), **kw)
             d_m = cell.create_dataset("Mask", (Z, Y, X, 1), np.uint8, chunks=chunks(1), **kw)
+            d_me = cell.create_dataset("Measured", (Z, Y, X, 1), np.uint8, chunks=chunks(1), **kw)
             for ds, ot, c in ((d_eu, "DataArray<float>", 3), (d_q, "DataArray<float>", 4),
                               (d_ph, "DataArray<int32_t>", 1), (d_ci, "DataArray<float>", 1),
-                              (d_iq, "DataArray<float>", 1), (d_m, "DataArray<bool>", 1)):
+                              (d_iq, "DataArray<float>", 1), (d_m, "DataArray<bool>", 1),
+                              (d_me, "DataArray<bool>", 1)):
                 _array_attrs(ds, ot, (c,), tdims)
             step = _slab((Z, Y, X, 4), 32)
             with progress_bar(Z, "writing .dream3d", progress) as bar:
@@ -421,6 +434,7 @@ def write_dream3d(vol: EBSDVolume, path, overwrite: bool = False, container: str
                     d_ci[z0:z1] = vol.confidence[z0:z1].cpu().numpy()[..., None]
                     d_iq[z0:z1] = vol.image_quality[z0:z1].cpu().numpy()[..., None]
                     d_m[z0:z1] = vol.valid[z0:z1].cpu().numpy().astype(np.uint8)[..., None]
+                    d_me[z0:z1] = vol.measured[z0:z1].cpu().numpy().astype(np.uint8)[..., None]
                     bar.update(z1 - z0)
             ens = dc.create_group("CellEnsembleData")
             ens.attrs.create("AttributeMatrixType", np.array([11], dtype=np.uint32))

@@ -287,6 +287,18 @@ def _read(f, path, scan, z_spacing, progress) -> EBSDVolume:
                 mapped[z] = m
             bar.update(1)
     undo_phase0(mapped, Z, phases, valid)
+    measured = None
+    for z, s in enumerate(chosen):  # ours: EBSDVolume.measured (absent in vendor files = all measured)
+        d = f[s]["EBSD/Data"].get("Measured")
+        if isinstance(d, h5py.Dataset):
+            if d.size != nrows * ncols or d.dtype.kind not in "biu":
+                raise fmt_error(path, f"{d.name} has {d.size} values of dtype {d.dtype}; expected {nrows * ncols} "
+                                "booleans")
+            if measured is None:
+                measured = torch.ones((Z, nrows, ncols), dtype=torch.bool)
+            measured[z] = torch.from_numpy(np.asarray(d[()]).reshape(nrows, ncols).astype(bool))
+    if measured is not None:
+        valid &= measured
     x0 = y0 = 0.0
     try:
         d = f[chosen[0]]["EBSD/Data"]
@@ -302,7 +314,7 @@ def _read(f, path, scan, z_spacing, progress) -> EBSDVolume:
             "manufacturer": manu.decode(errors="replace") if isinstance(manu, bytes) else str(manu)}
     return assemble_volume(quaternions=quats, phases=phases, confidence=ci, image_quality=iq,
                       spacing=(dz, dy, dx), origin=(0.0, y0, x0), phase_info=phase_info, valid=valid,
-                      metadata=meta)
+                      metadata=meta, measured=measured)
 
 
 # ---------------------------------------------------------------------------------------------- writer
@@ -311,7 +323,9 @@ def write_oim_h5(vol: EBSDVolume, path, overwrite: bool = False, scans=None) -> 
     names in ``scans``), with the Header/Data layout :func:`read_h5oim` reads (Euler angles float32 radians).
 
     Meant for tests and for exchanging single scans; ``.dream3d`` is the lossless format. Invalid voxels whose
-    phase is a defined phase get CI = -1 (as in .ang). Written via a temporary file and a rename.
+    phase is a defined phase get CI = -1 (as in .ang); voxels never measured get CI = -1 too, and a ``Measured``
+    dataset (uint8) in that scan's Data group, which :func:`read_h5oim` reads back. Written via a temporary file
+    and a rename.
     """
     from ..orientation import quat_to_euler
     from ._atomic import atomic_file
@@ -365,9 +379,13 @@ def write_oim_h5(vol: EBSDVolume, path, overwrite: bool = False, scans=None) -> 
                 ph_z = vol.phases[z].cpu().numpy().ravel().astype(np.int32)
                 ci = vol.confidence[z].cpu().numpy().ravel().astype(np.float32)
                 valid = vol.valid[z].cpu().numpy().ravel()
-                d["CI"] = np.where(~valid & np.isin(ph_z, ids) & (ci >= 0), np.float32(-1), ci)
+                ci = np.where(~valid & np.isin(ph_z, ids) & (ci >= 0), np.float32(-1), ci)
+                d["CI"] = np.where(vol.measured[z].cpu().numpy().ravel(), ci, np.float32(-1)).astype(np.float32)
                 d["IQ"] = vol.image_quality[z].cpu().numpy().ravel().astype(np.float32)
                 d["Phase"] = ph_z
                 d["Fit"] = np.zeros(Y * X, np.float32)
+                meas = vol.measured[z].cpu().numpy().ravel()
+                if not meas.all():  # ours, read back by read_h5oim; OIM ignores unknown datasets
+                    d["Measured"] = meas.astype(np.uint8)
                 d["SEM Signal"] = np.zeros(Y * X, np.float32)
     return Path(path)

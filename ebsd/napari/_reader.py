@@ -1,4 +1,5 @@
-"""napari reader contribution: .ang, folders of .ang, .dream3d, EDAX .h5 and H5EBSD files."""
+"""napari reader contribution: .ang and .ctf files, folders of them, .dream3d, EDAX .h5, H5EBSD, Oxford
+.h5oina, Bruker and EMsoft .h5 files."""
 from __future__ import annotations
 
 import os
@@ -7,18 +8,19 @@ from pathlib import Path
 from ..errors import EBSDError
 from ._layers import volume_layers
 
-_SUFFIXES = {".ang", ".dream3d", ".h5", ".hdf5", ".h5ebsd", ".h5oina"}
+_SUFFIXES = {".ang", ".ctf", ".dream3d", ".h5", ".hdf5", ".h5ebsd", ".h5oina"}
+_SLICES = {".ang", ".ctf"}
 
 
 def _ours(path: str) -> bool:
     p = Path(path)
     if p.is_dir():
-        return any(f.suffix.lower() == ".ang" for f in p.iterdir())
+        return any(f.suffix.lower() in _SLICES for f in p.iterdir())
     return p.suffix.lower() in _SUFFIXES
 
 
 def get_reader(path):
-    """Return a reader function for ``path`` (a file, a folder of .ang slices, or a list of .ang slices),
+    """Return a reader function for ``path`` (a file, a folder of .ang/.ctf slices, or a list of them),
     or None when the path is not ours."""
     paths = [os.fspath(p) for p in path] if isinstance(path, (list, tuple)) else [os.fspath(path)]
     if not paths or not all(_ours(p) for p in paths):
@@ -33,7 +35,7 @@ def read_ebsd(path):
 
     paths = [os.fspath(p) for p in path] if isinstance(path, (list, tuple)) else [os.fspath(path)]
     try:
-        if len(paths) > 1:  # several .ang slices dropped together: stack them
+        if len(paths) > 1:  # several .ang/.ctf slices dropped together: stack them
             vol = load_volume(paths)
         else:
             vol = load_volume(paths[0])

@@ -20,7 +20,7 @@ from ._util import as_quat, numpy_edge
 from .quaternion import quat_rotate
 from .symmetry import get_symmetry
 
-__all__ = ["ipf_colors", "ipf_directions"]
+__all__ = ["ipf_colors", "ipf_directions", "ipf_colors_by_phase"]
 
 _R2 = math.sqrt(0.5)
 _S3 = math.sqrt(3.0) / 2
@@ -205,3 +205,36 @@ def ipf_colors(q, symmetry, direction=(0.0, 0.0, 1.0), chunk: int = 1 << 16) -> 
     for i in range(0, flat.shape[0], chunk):
         out[i:i + chunk] = _colors_rows(flat[i:i + chunk], d, sym.name, ops)
     return out.reshape(*q.shape[:-1], 3).to(torch.float32)
+
+
+def ipf_colors_by_phase(q, phases, symmetries: dict, direction=(0.0, 0.0, 1.0), valid=None,
+                        chunk: int = 1 << 16):
+    """TSL IPF colours of a multi-phase map, each voxel with its own phase's symmetry.
+
+    Args:
+        q: unit quaternions ``(..., 4)`` (torch or numpy).
+        phases: integer phase ids ``(...)``.
+        symmetries: ``{phase id: symmetry}`` (e.g. ``EBSDVolume.symmetries``); voxels of other ids are black.
+        direction: sample direction, as in :func:`ipf_colors`.
+        valid: optional bool mask ``(...)``; voxels outside it are black.
+
+    Returns:
+        float32 RGB ``(..., 3)`` in ``[0, 1]`` (numpy for numpy ``q``), never the dominant phase's symmetry
+        for all voxels.
+    """
+    as_np = isinstance(q, np.ndarray)
+    qt = torch.from_numpy(np.ascontiguousarray(q)) if as_np else q
+    ph = torch.from_numpy(np.asarray(phases)) if isinstance(phases, np.ndarray) else phases
+    ph = ph.to(qt.device)
+    if tuple(ph.shape) != tuple(qt.shape[:-1]):
+        raise EBSDValueError(f"phases has shape {tuple(ph.shape)}, expected {tuple(qt.shape[:-1])}")
+    mask = torch.ones_like(ph, dtype=torch.bool)
+    if valid is not None:
+        v = torch.from_numpy(np.asarray(valid)) if isinstance(valid, np.ndarray) else valid
+        mask = v.to(device=qt.device, dtype=torch.bool)
+    out = torch.zeros(*qt.shape[:-1], 3, dtype=torch.float32, device=qt.device)
+    for pid, sym in symmetries.items():
+        sel = mask & (ph == int(pid))
+        if bool(sel.any()):
+            out[sel] = ipf_colors(qt[sel], sym, direction=direction, chunk=chunk).to(torch.float32)
+    return out.cpu().numpy() if as_np else out
