@@ -163,8 +163,9 @@ def test_test_time_adaptation_lowers_the_self_check_error():
     random start, so the effect is unmistakable) recovers the hidden known sections better."""
     vol = synthetic_volume((16, 24, 24), 12.0, "m-3m", 77, noise_deg=1.5, unindexed_fraction=0.02)
     net = tiny_model(3)
-    cfg = {"tile": 16, "overlap": 4, "context": 2, "threshold_deg": 5.0, "radius": 3, "spatial_weight": 1.0,
-           "z_weight": 2.0, "smooth": 0, "blend_threshold_deg": 5.0, "blend_radius": 4, "guess_weight": 1.0}
+    from ebsd.recovery.api import DEFAULT_INFERENCE
+
+    cfg = dict(DEFAULT_INFERENCE, tile=16, overlap=4, context=2)
     rep = self_check(vol, [7], net, cfg, n_runs=4, project=False, adapt_seconds=15.0, seed=0, adapt_lr=3e-3)
     ad = rep["adaptation"]
     assert ad["steps"] >= 6 and ad["loss_last"] < ad["loss_first"]

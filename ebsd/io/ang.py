@@ -472,7 +472,8 @@ def write_ang(vol: EBSDVolume, path, z: int = 0, overwrite: bool = False) -> Pat
     ph_all = vol.phases[z].cpu().numpy().astype(np.int64).ravel()
     # an invalid voxel is marked by CI = -1 unless its phase value (0, -1, ...) already says "not indexed"
     ci = np.where(~valid & np.isin(ph_all, ph_ids) & (ci >= 0), -1.0, ci)
-    ci = np.where(vol.measured[z].cpu().numpy().ravel(), ci, -1.0)  # never measured: written as not indexed
+    # never measured and not valid: written as not indexed (a recovered voxel, valid but not measured, keeps its CI)
+    ci = np.where(vol.measured[z].cpu().numpy().ravel() | valid, ci, -1.0)
     iq = vol.image_quality[z].cpu().numpy().astype(np.float64).ravel()
     ph = vol.phases[z].cpu().numpy().astype(np.int64).ravel()
     cols = np.column_stack([eul, xx.ravel(), yy.ravel(), iq, ci, ph, np.zeros_like(iq), np.zeros_like(iq)])

@@ -233,7 +233,7 @@ def read_slice_stack(
                         flat[a:a + b] = False
             except (TypeError, ValueError):
                 continue
-        valid &= measured
+        # (not "valid &= measured": an unmeasured voxel was written with CI = -1 unless valid (recovered))
     phase_info = first.phase_info
     if isinstance(side.get("phases"), dict):  # names exactly as saved (the .ang header may have trimmed them)
         for k, v in side["phases"].items():

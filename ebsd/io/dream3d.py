@@ -329,7 +329,8 @@ def _read(f: h5py.File, path: Path, container: str | None, progress: bool) -> EB
         m = np.empty((Z, Y, X), dtype=np.uint8)
         _read_field(path, dmeas, "Measured", zyx, 1, "iub", m, progress)
         measured = torch.from_numpy(m.astype(bool))
-        valid &= measured
+        if dm is None:  # no Mask: validity from phases/CI, and a voxel never measured is not valid
+            valid &= measured  # (with a Mask, it says: a recovered voxel is valid but not measured)
 
     sp = (float(spacing[2]), float(spacing[1]), float(spacing[0]))
     org = (float(origin[2]), float(origin[1]), float(origin[0]))

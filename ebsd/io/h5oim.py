@@ -297,8 +297,8 @@ def _read(f, path, scan, z_spacing, progress) -> EBSDVolume:
             if measured is None:
                 measured = torch.ones((Z, nrows, ncols), dtype=torch.bool)
             measured[z] = torch.from_numpy(np.asarray(d[()]).reshape(nrows, ncols).astype(bool))
-    if measured is not None:
-        valid &= measured
+    # (no "valid &= measured": a voxel never measured was written with CI = -1 unless it is valid, as a
+    # recovered voxel is: valid but not measured)
     x0 = y0 = 0.0
     try:
         d = f[chosen[0]]["EBSD/Data"]
@@ -380,7 +380,7 @@ def write_oim_h5(vol: EBSDVolume, path, overwrite: bool = False, scans=None) -> 
                 ci = vol.confidence[z].cpu().numpy().ravel().astype(np.float32)
                 valid = vol.valid[z].cpu().numpy().ravel()
                 ci = np.where(~valid & np.isin(ph_z, ids) & (ci >= 0), np.float32(-1), ci)
-                d["CI"] = np.where(vol.measured[z].cpu().numpy().ravel(), ci, np.float32(-1)).astype(np.float32)
+                d["CI"] = np.where(vol.measured[z].cpu().numpy().ravel() | valid, ci, np.float32(-1)).astype(np.float32)
                 d["IQ"] = vol.image_quality[z].cpu().numpy().ravel().astype(np.float32)
                 d["Phase"] = ph_z
                 d["Fit"] = np.zeros(Y * X, np.float32)
