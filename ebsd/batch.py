@@ -633,6 +633,9 @@ def unguarded_main_script() -> str | None:
     path = getattr(main, "__file__", None)
     if main is None or not path:
         return None
+    spec_name = getattr(getattr(main, "__spec__", None), "name", None) or ""
+    if spec_name.endswith(".__main__"):  # `python -m package`: spawn does not run a package's __main__ again
+        return None
     frame = sys._getframe(1)
     while frame is not None and not (frame.f_globals is main.__dict__ and frame.f_code.co_name == "<module>"):
         frame = frame.f_back

@@ -86,3 +86,18 @@ def test_unguarded_detection_reads_the_call_site(tmp_path):
     p.write_text(src)
     out = subprocess.run([sys.executable, str(p)], capture_output=True, text=True, env=_env(), timeout=120)
     assert out.stdout.split() == ["TOP", "True", "GUARDED", "False"], out.stderr
+
+
+def test_python_dash_m_package_needs_no_guard(tmp_path):
+    """``python -m ebsd batch ...`` (a package's ``__main__``, which spawn never runs again) keeps processes."""
+    pkg = tmp_path / "probe_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "__main__.py").write_text("from ebsd.batch import unguarded_main_script\nprint('M', unguarded_main_script())\n")
+    (tmp_path / "probe_mod.py").write_text("from ebsd.batch import unguarded_main_script\nprint('M', unguarded_main_script())\n")
+    env = _env()
+    env["PYTHONPATH"] = str(tmp_path) + os.pathsep + env["PYTHONPATH"]
+    out = subprocess.run([sys.executable, "-m", "probe_pkg"], capture_output=True, text=True, env=env, timeout=120)
+    assert out.stdout.split() == ["M", "None"], out.stderr
+    out = subprocess.run([sys.executable, "-m", "probe_mod"], capture_output=True, text=True, env=env, timeout=120)
+    assert out.stdout.split()[0] == "M" and out.stdout.split()[1].endswith("probe_mod.py"), out.stderr
