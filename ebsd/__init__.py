@@ -26,7 +26,13 @@ __all__ = [
 ]
 
 
+# submodules reachable as attributes without importing them first (``ebsd.batch.run(...)``), loaded on use
+_SUBMODULES = ("batch", "io", "orientation", "recovery", "synthetic")
+
+
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"ebsd.{name}")
     raise AttributeError(f"module 'ebsd' has no attribute {name!r}")

@@ -625,15 +625,77 @@ def _plan(inp: Path, out: Path, params_hash: str, retry_failed: bool) -> tuple[s
     return "run", None, None
 
 
+def _is_main_guard(test) -> bool:
+    """``__name__ == "__main__"`` (either order)."""
+    import ast
+
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = [test.left, test.comparators[0]]
+    return (any(isinstance(x, ast.Name) and x.id == "__name__" for x in sides)
+            and any(isinstance(x, ast.Constant) and x.value == "__main__" for x in sides))
+
+
+def unguarded_main_script() -> str | None:
+    """The path of the ``__main__`` script when the current call comes from its top-level code outside an
+    ``if __name__ == "__main__":`` block, else None (a call from such a block, from an interactive session,
+    ``python -c`` or a notebook, or when the script's source cannot be read).
+
+    Worker *processes* are started with ``spawn``, which runs the main script again in every worker: without
+    the guard the script would start a cluster inside each worker ("Nanny failed to start")."""
+    import ast
+    import sys
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or not path:
+        return None
+    spec_name = getattr(getattr(main, "__spec__", None), "name", None) or ""
+    if spec_name.endswith(".__main__"):  # `python -m package`: spawn does not run a package's __main__ again
+        return None
+    frame = sys._getframe(1)
+    while frame is not None and not (frame.f_globals is main.__dict__ and frame.f_code.co_name == "<module>"):
+        frame = frame.f_back
+    if frame is None:
+        return None
+    line = frame.f_lineno
+    try:
+        tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and _is_main_guard(node.test) and node.lineno <= line <= node.end_lineno:
+            return None
+    return str(path)
+
+
 def _make_client(client, workers, processes, threads_per_worker):
-    """``(client, cluster_we_own)``."""
+    """``(client, cluster_we_own)``. Called from the top level of a script without the
+    ``if __name__ == "__main__":`` guard, a local cluster runs its workers as threads (with a warning),
+    since worker processes would re-run the script."""
     from distributed import Client, LocalCluster
 
     if client is None:
         import logging
 
-        cluster = LocalCluster(n_workers=int(workers or 1), threads_per_worker=int(threads_per_worker or 1),
-                               processes=processes, dashboard_address=None, silence_logs=logging.ERROR)
+        script = unguarded_main_script() if processes else None
+        if script is not None:
+            warnings.warn(
+                f"ebsd.batch.run is called from the top level of {script} without `if __name__ == \"__main__\":`; "
+                "worker processes would run the script again, so the local workers run as threads of this "
+                "process instead. Put the call under that guard to get worker processes (or pass "
+                "processes=False to say you want threads).", stacklevel=3)
+            processes = False
+        try:
+            cluster = LocalCluster(n_workers=int(workers or 1), threads_per_worker=int(threads_per_worker or 1),
+                                   processes=processes, dashboard_address=None, silence_logs=logging.ERROR)
+        except Exception as exc:
+            if not processes:
+                raise
+            raise EBSDError(
+                f"the local dask workers failed to start ({type(exc).__name__}: {exc}). In a script, call "
+                "ebsd.batch.run under `if __name__ == \"__main__\":` (worker processes run the script again), or "
+                "pass processes=False for thread workers") from exc
         return Client(cluster), cluster
     if isinstance(client, str):
         return Client(client), None
@@ -657,6 +719,9 @@ def run(task: str, inputs, out_dir, client=None, workers: int | None = None, pat
         device: ``"cuda"``/``"cpu"``/None, passed to the recovery or RPCA of each volume.
         progress: tqdm bar over finished inputs.
         processes: LocalCluster workers as processes (True) or threads of this process (False, lighter).
+            Worker processes run the calling script again (``spawn``): in a script, call ``run`` under
+            ``if __name__ == "__main__":``. Called from a script's top level without that guard, the
+            workers run as threads, with a warning saying so.
         retry_failed: try inputs again that failed before with an error of their own (see module docstring).
         torch_threads: torch threads per task (default: 1 on a LocalCluster, unset on a given cluster).
             On 2 busy cores, 1 worker x 2 threads ran 2.5x (recovery) to 16x (RPCA) slower than 1 x 1.

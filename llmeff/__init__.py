@@ -4,7 +4,9 @@ Submodules (imported on use; ``transformers`` is needed only by them, never by `
 ``llmeff.griffin`` (FF expert selection), ``llmeff.kvcache`` (cache compression),
 ``llmeff.tp`` (low-bit tensor-parallel communication), ``llmeff.caprese`` (low-rank distillation).
 """
-from .errors import LLMEffError, LLMEffValueError, UnsupportedModelError
+from .errors import (LLMEffError, LLMEffFileNotFoundError, LLMEffValueError, LLMEffWorkerError,
+                     UnsupportedModelError)
 
 __version__ = "0.1.0"
-__all__ = ["LLMEffError", "LLMEffValueError", "UnsupportedModelError", "__version__"]
+__all__ = ["LLMEffError", "LLMEffFileNotFoundError", "LLMEffValueError", "LLMEffWorkerError", "UnsupportedModelError",
+           "__version__"]

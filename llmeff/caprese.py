@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import LLMEffValueError
+from .errors import LLMEffFileNotFoundError, LLMEffValueError
 from .models import cache_keyword, find_mlps, output_cache
 
 
@@ -69,6 +70,51 @@ def local_heldout_tokens(model_dir, heldout_frac: float = 0.03, max_tokens: int 
     tok = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
     ids = encode_stream(tok, texts)
     return ids[:max_tokens] if max_tokens else ids
+
+
+def calibration_tokens(tokenizer, n_tokens: int, heldout_frac: float = 0.03) -> np.ndarray:
+    """``n_tokens`` token ids (int64, 1-D) of this machine's standard-library files *outside* the held-out split
+    (:func:`llmeff.lm.corpus.calibration_texts`): the default prompt source of ``llmeff caprese train``.
+
+    ``tokenizer``: a model folder (its ``tokenizer.json`` when present, else the ``transformers`` tokenizer
+    saved there, read locally), a ``tokenizers.Tokenizer``, or a ``transformers`` tokenizer. Documents are
+    separated by ``<|endoftext|>``, else by the tokenizer's EOS token, else not at all (with a warning).
+    """
+    from .lm.corpus import calibration_texts
+    from .lm.train_small_lm import EOT, encode_stream
+
+    texts = calibration_texts(n_tokens, heldout_frac)
+    tok = tokenizer
+    if isinstance(tok, (str, os.PathLike)):
+        from .loading import load_tokenizer, model_dir
+
+        d = model_dir(tok)
+        if (d / "tokenizer.json").is_file():
+            from tokenizers import Tokenizer
+
+            tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+        else:
+            tok = load_tokenizer(d)
+    if hasattr(tok, "encode_batch") and hasattr(tok, "token_to_id"):  # a tokenizers.Tokenizer
+        if tok.token_to_id(EOT) is not None:
+            return encode_stream(tok, texts)[:n_tokens].astype(np.int64)
+        sep = None
+    else:                                                            # a transformers tokenizer
+        sep = tok.convert_tokens_to_ids(EOT) if EOT in tok.get_vocab() else tok.eos_token_id
+    if sep is None:
+        import warnings
+
+        warnings.warn(f"the tokenizer has neither {EOT} nor an EOS token: documents are concatenated without a "
+                      "separator", stacklevel=2)
+    ids: list[int] = []
+    for t in texts:
+        ids += tok.encode(t, add_special_tokens=False) if not hasattr(tok, "encode_batch") else tok.encode(
+            t, add_special_tokens=False).ids
+        if sep is not None:
+            ids.append(int(sep))
+        if len(ids) >= n_tokens:
+            break
+    return np.asarray(ids[:n_tokens], dtype=np.int64)
 
 
 class LowRankBranch(nn.Module):
@@ -343,7 +389,8 @@ def load(path, device=None) -> tuple[nn.ModuleList, dict]:
     path = Path(path)
     jf, tf = path / "caprese.json", path / "branches.safetensors"
     if not jf.is_file() or not tf.is_file():
-        raise FileNotFoundError(f"{path} has no caprese.json / branches.safetensors (written by caprese.save)")
+        raise LLMEffFileNotFoundError(f"{path} has no caprese.json / branches.safetensors (written by caprese.save, "
+                                      "e.g. `llmeff caprese train --out DIR`)")
     info = json.loads(jf.read_text())
     t = load_file(str(tf))
     out = nn.ModuleList()

@@ -11,3 +11,11 @@ class UnsupportedModelError(LLMEffError, TypeError):
 
 class LLMEffValueError(LLMEffError, ValueError):
     """An argument is out of range (density, budget, rank...)."""
+
+
+class LLMEffFileNotFoundError(LLMEffError, FileNotFoundError):
+    """A model, tokenizer or saved-state folder is missing or incomplete (nothing is ever downloaded)."""
+
+
+class LLMEffWorkerError(LLMEffError, RuntimeError):
+    """A worker process of a multi-process command failed; the message carries the worker's own error."""

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for a fresh clone:
-#   bash scripts/dev.sh demo                 set up .venv/, run the demo on bundled sample data
+#   bash scripts/dev.sh demo [--out DIR]     set up .venv/, run the demo on bundled sample data; its output goes
+#                                            to DIR (default: ./demo_output under the current directory)
 #   bash scripts/dev.sh test [pytest args]   set up .venv/ with the test extras, run the test suite
 #   bash scripts/dev.sh test --latest [...]  the same in .venv-latest/ with the newest releases (no lock): drift check
 #   bash scripts/dev.sh setup [--latest]     set up only
@@ -11,6 +12,7 @@
 # stamp (pyproject.toml + lock + extras) matches. torch comes first, at the lock's version: here that is the
 # CPU build on local disk; elsewhere pip's default build of that version.
 set -euo pipefail
+CALLER_PWD=$(pwd)   # where the user ran us: the demo writes there, never into the repository by default
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 TASK=${1:-demo}
@@ -170,7 +172,15 @@ PY="$VENV/bin/python"
 case "$TASK" in
   setup) echo "== ready: $VENV"; "$PY" -m pip list --disable-pip-version-check 2>/dev/null \
            | grep -iE '^(torch|transformers|diffusers|kernels|numpy|napari|orix) ' || true ;;
-  demo) exec "$PY" -m ebsd demo ${ARGS[@]+"${ARGS[@]}"} ;;
+  demo)
+    cd "$CALLER_PWD"  # a relative --out is the user's, relative to where they ran the script
+    OUT_GIVEN=0
+    for a in ${ARGS[@]+"${ARGS[@]}"}; do case "$a" in --out|--out=*) OUT_GIVEN=1 ;; esac; done
+    if [ "$OUT_GIVEN" = 0 ]; then ARGS+=(--out "$CALLER_PWD/demo_output"); fi
+    echo "== demo output goes to $(for i in "${!ARGS[@]}"; do case "${ARGS[$i]}" in
+      --out) d=${ARGS[$((i + 1))]:-}; [ "${d#/}" = "$d" ] && d="$CALLER_PWD/$d"; echo "$d" ;;
+      --out=*) d=${ARGS[$i]#--out=}; [ "${d#/}" = "$d" ] && d="$CALLER_PWD/$d"; echo "$d" ;; esac; done | head -1)"
+    exec "$PY" -m ebsd demo "${ARGS[@]}" ;;
   test)
     ensure_display
     export PYTHONHASHSEED=0 MPLBACKEND=Agg

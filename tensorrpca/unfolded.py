@@ -404,7 +404,7 @@ class UnfoldedRPCA(nn.Module):
         layers: str = "last",
         temperature: tuple[float, float] | float = (0.3, 0.03),
         seed: int | None = 0,
-        progress: bool = False,
+        progress: bool = True,
         callback: Callable[[dict], None] | None = None,
     ) -> "UnfoldedRPCA":
         """Learn the hyperparameters from a few observations (Adam, one step per observation).
@@ -419,7 +419,8 @@ class UnfoldedRPCA(nn.Module):
             temperature: gate temperature ``tau`` of the smooth hard threshold, a float or ``(start, end)``
                 annealed geometrically over the epochs.
             seed: order of the observations in each epoch.
-            progress: tqdm bar. callback: called with each epoch's record.
+            progress: tqdm bar over the epochs (on by default; ``progress=False`` silences it).
+            callback: called with each epoch's record.
 
         Returns:
             ``self``; ``self.fit_history`` holds one record per epoch (``loss``, ``tau``, the values, ``time``).

@@ -230,11 +230,19 @@ def load_volume(
                          "h5oina, bruker_h5ebsd or emsoft")
 
 
+def _folder_path(path, p: Path) -> bool:
+    """``path`` names a folder: it ends in ``/`` (or the OS separator), is an existing folder, or has no extension."""
+    import os
+
+    return os.fspath(path).endswith(("/", os.sep)) or p.is_dir() or not p.suffix
+
+
 def save_volume(vol: EBSDVolume, path, overwrite: bool = False, format: str | None = None,
                 progress: bool = False) -> Path:
     """Save ``vol``: ``.dream3d`` (exact round trip), or a folder of ``.ang`` slices (one per z,
-    ``slice_0000.ang`` ...; any path without the ``.dream3d`` suffix, or ``format="ang"``), or one ``.ang`` file
-    (a path ending in ``.ang`` for a single-slice volume).
+    ``slice_0000.ang`` ...: a path ending in ``/``, an existing folder, a name without any extension, or
+    ``format="ang"``), or one ``.ang`` / ``.ctf`` file (for a single-slice volume). Any other
+    extension (``.npy``, ``.h5`` ...) raises :class:`ebsd.errors.EBSDValueError` listing these formats.
 
     Writes go to a temporary file/folder that is renamed into place. An existing ``path`` raises
     :class:`ebsd.errors.EBSDFileExistsError` unless ``overwrite=True``. Returns the path written.
@@ -258,10 +266,13 @@ def save_volume(vol: EBSDVolume, path, overwrite: bool = False, format: str | No
             if vol.shape[0] != 1:
                 raise EBSDValueError(f"{path}: one .ctf file holds one slice but the volume has {vol.shape[0]}")
             fmt = "ctf_file"
-        elif suf in (".h5", ".h5ebsd", ".hdf5", ".oh5", ".h5oina"):
-            raise EBSDValueError(f"{path}: writing {suf} is not supported; save as .dream3d or an .ang folder")
-        else:
+        elif _folder_path(path, p):
             fmt = "ang"
+        else:
+            raise EBSDValueError(
+                f"{path}: cannot write {suf!r} files; writable formats: '.dream3d' (exact round trip), a folder of "
+                "'.ang' slices (a path ending in '/', an existing folder, or a name without extension), '.ang' "
+                "or '.ctf' (one file, single-slice volumes); or pass format='dream3d' / format='ang'")
     if fmt == "dream3d":
         from .dream3d import write_dream3d
 

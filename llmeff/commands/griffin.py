@@ -4,18 +4,21 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..loading import LM_HELP
+
 
 def _load(args):
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ..loading import load_model, load_tokenizer, model_dir
+
+    model_dir(args.lm)  # a clear local error before importing/initialising anything heavy
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    tok = AutoTokenizer.from_pretrained(args.lm)
+    tok = load_tokenizer(args.lm)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(
-        args.lm, dtype=torch.bfloat16 if dev.type == "cuda" else torch.float32).to(dev).eval()
+    model = load_model(args.lm, dev)
     return tok, model, dev
 
 
@@ -61,8 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "griffin", help="generate with GRIFFIN FF expert selection (training-free)",
         description="Generate with GRIFFIN: the prompt's FF activations pick, per sequence, the FF neurons "
-        "kept for every generated token. The model folder is loaded offline (save_pretrained format).")
-    p.add_argument("--lm", required=True, help="model + tokenizer folder (e.g. from `llmeff train_lm`)")
+        "kept for every generated token. The model folder is read locally (local_files_only=True): nothing is "
+        "downloaded.")
+    p.add_argument("--lm", required=True, help=LM_HELP)
     p.add_argument("--prompt", action="append", help="prompt (repeat for a batch; left-padded)")
     p.add_argument("--density", type=float, default=0.5, help="fraction of FF neurons kept (0, 1]")
     p.add_argument("--selection", choices=["griffin", "magnitude", "random", "sample"], default="griffin")

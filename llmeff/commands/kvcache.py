@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..loading import LM_HELP
+
 
 def policy_from_args(args, model=None):
     """Build the policy named by ``--policy`` (full, streaming, h2o, less, shadowkv)."""
@@ -42,14 +44,14 @@ def add_policy_args(p: argparse.ArgumentParser) -> None:
 
 def _generate(args) -> int:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..kvcache import apply
+    from ..loading import load_model, load_tokenizer, model_dir
 
+    model_dir(args.lm)
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    tok = AutoTokenizer.from_pretrained(args.lm)
-    model = AutoModelForCausalLM.from_pretrained(args.lm).to(
-        device=dev, dtype=torch.bfloat16 if dev.type == "cuda" else torch.float32).eval()
+    tok = load_tokenizer(args.lm)
+    model = load_model(args.lm, dev)
     policy = policy_from_args(args, model)
     enc = tok(args.prompt, return_tensors="pt").to(dev)
     with torch.no_grad(), apply(model, policy):
@@ -68,10 +70,11 @@ def _train_less(args) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("kvcache", help="KV-cache compression: StreamingLLM, H2O, LESS, ShadowKV",
-                              description="Generate with a compressed KV cache, or train LESS maps.")
+                              description="Generate with a compressed KV cache, or train LESS maps. Models are read from local "
+                              "folders only (local_files_only=True): nothing is downloaded.")
     sub = p.add_subparsers(dest="kv_command", metavar="ACTION")
     g = sub.add_parser("generate", help="greedy generation from a prompt under a cache policy")
-    g.add_argument("--lm", required=True, help="HF causal LM folder")
+    g.add_argument("--lm", required=True, help=LM_HELP)
     g.add_argument("--prompt", required=True)
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--device", default=None)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import LLMEffValueError
+from ..errors import LLMEffFileNotFoundError, LLMEffValueError
 from .base import EvictionPolicy, KVPolicy
 
 _NEG = torch.finfo(torch.float32).min
@@ -185,7 +185,9 @@ class LESS(KVPolicy):
         path = Path(path)
         cfg_p, w_p = path / "less_config.json", path / "less_maps.safetensors"
         if not cfg_p.is_file() or not w_p.is_file():
-            raise FileNotFoundError(f"{path}: expected less_config.json and less_maps.safetensors (LESS.save output)")
+            raise LLMEffFileNotFoundError(
+                f"{path}: expected less_config.json and less_maps.safetensors (LESS.save output, e.g. from "
+                "`llmeff kvcache train-less --out DIR`)")
         cfg = json.loads(cfg_p.read_text())
         if cfg.get("format") != "llmeff-less-1":
             raise LLMEffValueError(f"{cfg_p}: unknown format {cfg.get('format')!r}; expected 'llmeff-less-1'")

@@ -36,6 +36,7 @@ from .base import EvictionPolicy
 from .h2o import H2O
 from .less import LESS, keep_masks, less_attention
 from .streaming import StreamingLLM
+from ..loading import LM_HELP
 
 CAPTURE_NAME = "llmeff_less_capture"
 
@@ -176,9 +177,9 @@ def train(model, policy: EvictionPolicy, batches, steps: int = 200, lr: float = 
 def token_stream(lm_dir: str, text: list[str] | None, tokens: str | None, max_mb: float, log=print) -> np.ndarray:
     if tokens:
         return np.load(tokens).astype(np.int64)
-    from transformers import AutoTokenizer
+    from ..loading import load_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(lm_dir)
+    tok = load_tokenizer(lm_dir)
     if text:
         docs = [Path(p).read_text(encoding="utf-8", errors="replace") for p in text]
     else:
@@ -218,7 +219,7 @@ def make_policy(name: str, budget: int, sink: int = 4, recent: int | None = None
 def build_parser(ap: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     ap = ap or argparse.ArgumentParser(prog="python -m llmeff.kvcache.train_less", description=__doc__,
                                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lm", required=True, help="HF causal LM folder (save_pretrained output, with tokenizer)")
+    ap.add_argument("--lm", required=True, help=LM_HELP)
     ap.add_argument("--out", required=True, help="output folder for less_maps.safetensors + less_config.json")
     ap.add_argument("--policy", choices=["streaming", "h2o"], default="streaming")
     ap.add_argument("--budget", type=int, default=64, help="tokens kept per head by the eviction policy")
@@ -241,12 +242,13 @@ def build_parser(ap: argparse.ArgumentParser | None = None) -> argparse.Argument
 
 
 def run(args) -> int:
-    from transformers import AutoModelForCausalLM
+    from ..loading import load_model, model_dir
 
+    model_dir(args.lm)
     torch.manual_seed(args.seed)
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(args.lm).to(device=dev, dtype=dtype)
+    model = load_model(args.lm, dev, dtype)
     policy = make_policy(args.policy, args.budget, args.sink, args.recent)
     if args.seq <= policy.budget:
         raise SystemExit(f"--seq {args.seq} must exceed the budget {policy.budget}")

@@ -169,6 +169,34 @@ def _read_man(p: Path) -> str | None:
     return troff_to_text(src)
 
 
+def calibration_texts(n_tokens: int, heldout_frac: float = 0.03, root: Path | None = None,
+                      min_chars: int = 2000) -> list[str]:
+    """Standard-library files *outside* the held-out split, for calibration or distillation prompts.
+
+    Files of at least ``min_chars`` characters, in sorted path order, until about ``2 * n_tokens`` tokens
+    (counting ~3 characters per token) are collected, so the caller can cut ``n_tokens`` tokens from them.
+    ``root`` default: :func:`default_stdlib`.
+
+    Raises:
+        FileNotFoundError: no standard library found (pass ``root``, or give the text yourself).
+    """
+    root = Path(root) if root is not None else default_stdlib()
+    if root is None or not Path(root).is_dir():
+        raise FileNotFoundError("no Python standard library found on this machine; give a text file instead")
+    texts, n = [], 0
+    for p in stdlib_files(Path(root)):
+        if is_heldout("stdlib:" + p.relative_to(root).as_posix(), heldout_frac):
+            continue
+        t = p.read_text(encoding="utf-8", errors="replace")
+        if len(t) < min_chars:
+            continue
+        texts.append(t)
+        n += len(t) // 3
+        if n > 2 * n_tokens:
+            break
+    return texts
+
+
 def build_corpus(stdlib: Path | None = None, man_root: Path | None = Path("/usr/share/man"),
                  heldout_frac: float = 0.03, max_stdlib_mb: float = 48.0, max_man_mb: float = 24.0,
                  site: Path | None | str = "auto", max_site_mb: float = 0.0, log=print) -> Corpus:

@@ -56,13 +56,21 @@ def train_tokenizer(texts: list[str], vocab: int, log=print):
 
 
 def encode_stream(tok, texts: list[str]) -> np.ndarray:
-    """All documents, each followed by ``<|endoftext|>``, as one uint16 token stream."""
+    """All documents, each followed by ``<|endoftext|>``, as one uint16 token stream (``tok``: a
+    ``tokenizers.Tokenizer``). A tokenizer without ``<|endoftext|>`` gets the documents back to back, with a
+    warning saying so."""
     eot = tok.token_to_id(EOT)
+    if eot is None:
+        import warnings
+
+        warnings.warn(f"the tokenizer has no {EOT} token: documents are concatenated without a separator",
+                      stacklevel=2)
     ids = []
     for i in range(0, len(texts), 256):
         for enc in tok.encode_batch(texts[i:i + 256], add_special_tokens=False):
             ids.append(np.asarray(enc.ids, dtype=np.uint16))
-            ids.append(np.asarray([eot], dtype=np.uint16))
+            if eot is not None:
+                ids.append(np.asarray([eot], dtype=np.uint16))
     return np.concatenate(ids) if ids else np.zeros(0, np.uint16)
 
 

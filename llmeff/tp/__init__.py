@@ -8,7 +8,7 @@ for Tensor Parallel LLM Inference", 2024).
   quantized all-gather followed by local dequantize-and-sum.
 """
 from .codecs import CODECS, Codec, CommStats, FloatCodec, NaiveIntCodec, OutlierInt4Codec, make_codec
-from .parallel import RowParallelLinear, TPModel, calibrate, shard
+from .parallel import RowParallelLinear, TPModel, calibrate, check_world, shard
 
 __all__ = ["CODECS", "Codec", "CommStats", "FloatCodec", "NaiveIntCodec", "OutlierInt4Codec", "make_codec",
-           "RowParallelLinear", "TPModel", "calibrate", "shard"]
+           "RowParallelLinear", "TPModel", "calibrate", "check_world", "shard"]

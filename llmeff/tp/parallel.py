@@ -103,6 +103,24 @@ class TPModel:
             c.stats = CommStats()
 
 
+def check_world(config, world: int) -> None:
+    """Check, from a ``transformers`` config alone (before any process starts), that the model's query and
+    key-value heads and its FF width split evenly over ``world`` ranks, as :func:`shard` needs.
+
+    Raises:
+        LLMEffValueError: naming the sizes and the world size.
+    """
+    cfg = getattr(config, "get_text_config", lambda: config)()
+    nq = getattr(cfg, "num_attention_heads", None)
+    nkv = getattr(cfg, "num_key_value_heads", None) or nq
+    dff = getattr(cfg, "intermediate_size", None)
+    if nq is not None and (nq % world or nkv % world):
+        raise LLMEffValueError(f"{nq} query / {nkv} key-value heads cannot be split over {world} ranks; use a "
+                               f"world size that divides both")
+    if dff is not None and dff % world:
+        raise LLMEffValueError(f"FF width {dff} is not divisible by the world size {world}")
+
+
 def shard(model: nn.Module, codec: str | Callable[[str], Codec] = "bf16", rank: int | None = None,
           world: int | None = None, backend: str | None = None, **codec_kw) -> TPModel:
     """Slice ``model`` (a Llama-style ``*ForCausalLM``) in place for tensor parallelism.
