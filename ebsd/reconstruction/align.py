@@ -239,15 +239,17 @@ class _MisorientationEngine(_Engine):
 
     def _equivalents(self, qa, pa, tol_half):
         """``(P, K, 4)``: the few equivalents of each reference orientation that matter (padded by repeats)."""
-        from ..orientation import quat_multiply
-
         P = qa.shape[0]
         nmax = max([o.shape[0] for o in self.ops.values()] + [1])
         E = qa[:, None, :].expand(P, nmax, 4).clone()
         for pid, ops in self.ops.items():
             m = pa == pid
             if bool(m.any()):
-                E[m, :ops.shape[0]] = quat_multiply(ops, qa[m][:, None, :])
+                a, b, c, d = ops.unbind(-1)  # left multiplication S q as one matrix product
+                L = torch.stack([torch.stack([a, -b, -c, -d], -1), torch.stack([b, a, -d, c], -1),
+                                 torch.stack([c, d, a, -b], -1), torch.stack([d, -c, b, a], -1)], -2)  # (N, 4, 4)
+                n = ops.shape[0]
+                E[m, :n] = (qa[m] @ L.permute(2, 0, 1).reshape(4, n * 4)).reshape(-1, n, 4)
         w = E[..., 0].abs().clamp(max=1.0)
         h = torch.acos(w)
         keep = h <= h.min(1, keepdim=True).values + tol_half + 1e-4
@@ -282,16 +284,17 @@ class _MisorientationEngine(_Engine):
         out = torch.ones(len(self.tols), S, dtype=torch.float64, device=qa.device)
         cnt = torch.zeros(S, dtype=torch.float64, device=qa.device)
         step = max(1, self.chunk // max(1, P * K))
+        Et = E.transpose(1, 2)  # (P, 4, K)
         for s0 in range(0, S, step):
             sh = shifts[s0:s0 + step]
-            idx = (y[None] - sh[:, :1] + m) * Wp + (x[None] - sh[:, 1:] + m)  # (Sc, P)
+            idx = (y[:, None] - sh[None, :, 0] + m) * Wp + (x[:, None] - sh[None, :, 1] + m)  # (P, Sc)
             code = pb[idx]
-            both = code == pa[None]
-            d = torch.bmm(E, qb[idx].permute(1, 2, 0)).abs().amax(1).T  # (Sc, P): max_i |<S_i q_a, q_b>|
-            n = (code != _SENTINEL).sum(1).double()
+            both = code == pa[:, None]
+            d = torch.bmm(qb[idx], Et).abs().amax(2)  # (P, Sc): max_i |<S_i q_a, q_b>|
+            n = (code != _SENTINEL).sum(0).double()
             cnt[s0:s0 + step] = n
             for t in rows:
-                agree = (both & (d >= self.cos[t])).sum(1).double()
+                agree = (both & (d >= self.cos[t])).sum(0).double()
                 out[t, s0:s0 + step] = (n - agree) / n.clamp_min(1)
         out[:, cnt < max(16, 0.02 * P)] = 1.0  # too little overlap: no evidence
         return out[rows]
