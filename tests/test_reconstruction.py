@@ -49,7 +49,7 @@ def test_align_drift_walk_speckle_damaged_section():
     Z = 24
     d = random_drift(Z, max_shift=8, jumps=2, seed=3)
     assert np.abs(d).max() == 8
-    vol, truth = synthetic_volume((Z, 72, 72), mean_grain_size=12, seed=1, noise_deg=1.0, unindexed_fraction=0.02,
+    vol, truth = synthetic_volume((Z, 64, 64), mean_grain_size=12, seed=1, noise_deg=1.0, unindexed_fraction=0.02,
                                   speckle_fraction=0.05, damaged_slices=[9], drift=d, return_truth=True)
     assert 0.04 < float(truth.speckle_mask.float().mean()) < 0.06
     assert bool(vol.valid[truth.speckle_mask].all())  # speckle is not flagged by the file
@@ -64,7 +64,7 @@ def test_align_drift_walk_speckle_damaged_section():
     # the aligned volume: uncovered voxels not measured; section k equals the raw one shifted by shifts[k]
     k = 5
     dy, dx = res.shifts[k]
-    Y = X = 72
+    Y = X = 64
     src = vol.quaternions[k, max(-dy, 0):Y + min(-dy, 0), max(-dx, 0):X + min(-dx, 0)]
     dst = res.volume.quaternions[k, max(dy, 0):Y + min(dy, 0), max(dx, 0):X + min(dx, 0)]
     assert torch.equal(src, dst)
@@ -82,12 +82,12 @@ def test_align_other_methods_exact_on_clean_drift(method):
 
 def test_align_reference_mean_and_multiphase():
     """Two phases (cubic grains and a hexagonal band): pairs across phases disagree; reference='mean'."""
-    Z = 8
+    Z = 6
     d = random_drift(Z, max_shift=4, jumps=0, seed=2)
-    vol = synthetic_volume((Z, 56, 56), mean_grain_size=9, seed=5, noise_deg=0.5, drift=d)
-    hexv = synthetic_volume((Z, 56, 56), mean_grain_size=9, seed=6, symmetry="6/mmm", noise_deg=0.5, drift=d)
-    band = torch.zeros((Z, 56, 56), dtype=torch.bool)
-    yy = torch.arange(56)
+    vol = synthetic_volume((Z, 48, 48), mean_grain_size=9, seed=5, noise_deg=0.5, drift=d)
+    hexv = synthetic_volume((Z, 48, 48), mean_grain_size=9, seed=6, symmetry="6/mmm", noise_deg=0.5, drift=d)
+    band = torch.zeros((Z, 48, 48), dtype=torch.bool)
+    yy = torch.arange(48)
     for z in range(Z):  # a band of phase 2 that moves with the drift like the structure
         band[z, ((yy - int(d[z, 0])) % 20 < 6)] = True
     q = torch.where(band[..., None], hexv.quaternions, vol.quaternions)
@@ -370,3 +370,25 @@ def test_cli_reconstruct_and_batch(tmp_path):
     assert [r["status"] for r in recs] == ["ok", "ok"]
     assert recs[0]["metrics"]["max_abs_shift"] == int(np.abs(d[0] - d).max())
     assert (tmp_path / "out" / "a.reconstructed.dream3d").exists()
+
+
+def test_cli_reconstruct_recover_auto(tmp_path):
+    """--recover auto: a missing section is bridged by the alignment, then found and recovered."""
+    from ebsd.cli import main
+
+    d = random_drift(8, max_shift=2, jumps=0, seed=5)
+    vol = synthetic_volume((8, 32, 32), mean_grain_size=8, seed=6, drift=d, missing_slices=[4])
+    ebsd.save_volume(vol, tmp_path / "m.dream3d")
+    out = tmp_path / "r.dream3d"
+    assert main(["reconstruct", str(tmp_path / "m.dream3d"), "--out", str(out), "--max-shift", "3",
+                 "--recover", "auto", "--quiet"]) == 0
+    with h5py.File(out) as f:
+        log = json.loads(f["EBSDTK/Reconstruction/log"][()])
+        shifts = f["EBSDTK/Reconstruction/alignment_shifts"][...]
+    steps = {e["step"]: e for e in log}
+    assert steps["align"]["damaged_sections"] == [4]
+    assert steps["recover"]["recovered_slices"] == [4]
+    good = [z for z in range(8) if z != 4]
+    assert (shifts[good] == (d[0] - d)[good]).all()
+    back = ebsd.load_volume(out)
+    assert float(back.valid[4].float().mean()) > 0.5
