@@ -18,6 +18,15 @@ _LAZY = {
     "synthetic_volume": "ebsd.synthetic",
     "recover_missing_slices": "ebsd.recovery",
     "find_bad_slices": "ebsd.recovery",
+    "align_sections": "ebsd.reconstruction",
+    "apply_shifts": "ebsd.reconstruction",
+    "reconstruct": "ebsd.reconstruction",
+    "mark_bad": "ebsd.reconstruction",
+    "neighbor_orientation_correlation": "ebsd.reconstruction",
+    "fill_bad_data": "ebsd.reconstruction",
+    "remove_small_grains": "ebsd.reconstruction",
+    "grain_statistics": "ebsd.reconstruction",
+    "segment_grains": "ebsd.orientation",
 }
 
 __all__ = [

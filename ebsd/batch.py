@@ -18,6 +18,8 @@ Tasks and outputs (one output per input, named after the input's path relative t
                  ``"confidence"``, ``(Z, Y, X)`` float32) -> ``NAME.rpca.h5`` with datasets ``low_rank`` and
                  ``sparse`` (``(Z, Y, X)`` float32, same units as the field) and the parameters as attributes.
     ``info``     ``ebsdtk info``'s facts (:func:`ebsd.commands.info.describe`) -> ``NAME.info.json``.
+    ``reconstruct`` :func:`ebsd.reconstruction.reconstruct` (align, clean, segment, statistics; ``steps``
+                 as it takes them) -> ``NAME.reconstructed.dream3d`` with the grain arrays.
     ``enhance``  not available in batch: the diffusion model works on 2-D ``.npy`` maps with a PL stack, not
                  on volumes; asking for it raises :class:`~ebsd.errors.EBSDValueError` before any work.
 
@@ -79,14 +81,17 @@ from .errors import EBSDError, EBSDValueError
 __all__ = ["run", "discover", "TASKS", "input_hash", "tile_windows", "recovery_windows", "tiled_rpca",
            "recover_tiled", "process_one", "output_path"]
 
-TASKS = ("recover", "rpca", "info", "enhance")
+TASKS = ("recover", "rpca", "info", "enhance", "reconstruct")
 VOLUME_SUFFIXES = (".dream3d", ".h5", ".hdf5", ".h5ebsd")
-_OUT_SUFFIX = {"recover": ".recovered.dream3d", "rpca": ".rpca.h5", "info": ".info.json"}
+_OUT_SUFFIX = {"recover": ".recovered.dream3d", "rpca": ".rpca.h5", "info": ".info.json",
+               "reconstruct": ".reconstructed.dream3d"}
 _DEFAULTS = {
     "recover": {"missing": None, "model": "default", "project": True, "batch_size": 16, "tile": None, "halo": 8},
     "rpca": {"field": "image_quality", "ranks": (5, 5, 5), "max_iter": 200, "tol": 1e-7, "sparsity": None,
              "step": None, "decay": None, "threshold": "hard", "tile": None, "halo": 8},
     "info": {},
+    # the steps of ebsd.reconstruction.reconstruct (None: its default chain), as JSON-able lists
+    "reconstruct": {"steps": None},
 }
 _ENHANCE_MSG = ("batch 'enhance' is not available: the diffusion model (ebsdtk enhance) works on 2-D .npy maps "
                 "(low-resolution EBSD quaternions + a PL stack), not on EBSD volumes; run `ebsdtk enhance` "
@@ -557,6 +562,19 @@ def _process(task, inp, out, done, failed, params, expected_hash, device, rec, t
             rec["metrics"] = {"n_iter": max(info["n_iter"]), "n_iter_per_tile": info["n_iter"],
                               "converged": info["converged"], "tiles": info["tiles"],
                               "sparse_fraction": float((sparse != 0).mean()), "shape": list(vol.shape)}
+        elif task == "reconstruct":
+            from .reconstruction import reconstruct
+
+            res = reconstruct(vol, steps=params["steps"], progress=False, device=device)
+            rec["seconds"]["compute"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            res.save(out, overwrite=True)
+            s = res.statistics.summary() if res.statistics is not None else {}
+            a = res.alignment
+            rec["metrics"] = {"n_grains": res.n_grains, "mean_esd_um": s.get("mean_esd_um"),
+                              "damaged_sections": a.outliers if a is not None else [],
+                              "max_abs_shift": int(abs(a.shifts).max()) if a is not None and len(a.shifts) else 0,
+                              "shape": list(vol.shape)}
         elif task == "info":
             from .commands.info import describe
 

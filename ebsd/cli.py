@@ -25,7 +25,7 @@ from . import __version__
 from .errors import EBSDError
 
 # this package's own subcommands, in the order ``--help`` lists them (entry-point commands follow, by name)
-COMMANDS = ["info", "synth", "rpca", "recover", "demo", "view", "batch"]
+COMMANDS = ["info", "synth", "rpca", "recover", "demo", "view", "batch", "reconstruct"]
 
 ENTRY_POINT_GROUP = "ebsdtk.commands"
 

@@ -162,6 +162,8 @@ class SyntheticTruth:
     observed_grain_ids: torch.Tensor
     noise_angles: torch.Tensor
     params: dict[str, Any] = field(default_factory=dict)
+    drift: Any = None
+    speckle_mask: Any = None
 
     @property
     def n_grains(self) -> int:
@@ -473,6 +475,8 @@ def synthetic_volume(
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     device=None,
     return_truth: bool = False,
+    drift=None,
+    speckle_fraction: float = 0.0,
 ):
     """A seeded synthetic EBSD volume (see the module docstring for the model).
 
@@ -497,6 +501,14 @@ def synthetic_volume(
         spacing: ``(dz, dy, dx)`` micrometres (metadata only: the structure is built in voxels).
         device: torch device of the returned tensors (default CPU).
         return_truth: also return a :class:`SyntheticTruth`.
+        drift: ``(Z, 2)`` integers: section ``z`` acquired with its content displaced by ``drift[z] = (dy, dx)``
+            (stage drift of serial sectioning; the structure outside the box is real, no wrap-around), e.g.
+            from :func:`ebsd.reconstruction.random_drift` (a random walk with jumps). Combines with
+            ``misaligned_slice`` (added). ``truth.drift`` holds it; ``truth.observed_grain_ids`` the
+            displaced labels. :func:`ebsd.reconstruction.align_sections` should return ``drift[0] - drift``.
+        speckle_fraction: fraction of indexed voxels turned into low-CI speckle (CI <= 0.08, random
+            orientation, IQ halved) that stays marked *valid*, as raw scans before a CI threshold
+            (``truth.speckle_mask``); what :func:`ebsd.reconstruction.mark_bad` removes.
 
     Returns:
         :class:`~ebsd.volume.EBSDVolume` (phase 1 with the given symmetry), or ``(volume, truth)``.
@@ -544,8 +556,20 @@ def synthetic_volume(
         if not 0 <= mis[0] < Z:
             raise EBSDValueError(f"misaligned_slice z={mis[0]} outside 0..{Z - 1}")
 
+    drift_arr = None
+    if drift is not None:
+        drift_arr = np.asarray(drift)
+        if drift_arr.shape != (Z, 2) or not np.all(np.isfinite(drift_arr)) or not np.allclose(drift_arr, np.round(drift_arr)):
+            raise EBSDValueError(f"drift must be (Z, 2) = ({Z}, 2) whole voxel shifts (dy, dx), got shape {drift_arr.shape}")
+        drift_arr = np.round(drift_arr).astype(np.int64)
+    speckle_fraction = float(speckle_fraction)
+    if not 0.0 <= speckle_fraction <= 1.0:
+        raise EBSDValueError(f"speckle_fraction must be in [0, 1], got {speckle_fraction}")
+
     ss = _resolve_seed(seed)
-    r_struct, r_orient, r_twin, r_noise, r_unidx, r_iq, r_damage = (np.random.default_rng(s) for s in ss.spawn(7))
+    # spawn(8): the first 7 streams are those of spawn(7), so volumes without speckle are unchanged
+    r_struct, r_orient, r_twin, r_noise, r_unidx, r_iq, r_damage, r_speckle = (
+        np.random.default_rng(s) for s in ss.spawn(8))
 
     # ---- structure and labels
     st = _Structure(shape, D, float(size_spread), elong, twin_prob, r_struct, r_twin, r_orient, texture)
@@ -555,9 +579,15 @@ def synthetic_volume(
         z1 = min(Z, z0 + step)
         lab_true[z0:z1] = st.labels(_grid_points((z1 - z0, Y, X), np.arange(z0, z1))).reshape(z1 - z0, Y, X)
     lab_obs = lab_true
-    if mis is not None and mis[1] != (0, 0):
+    shift_z = np.zeros((Z, 2), np.int64)
+    if drift_arr is not None:
+        shift_z += drift_arr
+    if mis is not None:
+        shift_z[mis[0]] += np.asarray(mis[1])
+    if shift_z.any():
         lab_obs = lab_true.copy()
-        lab_obs[mis[0]] = st.labels(_grid_points((1, Y, X), [mis[0]], mis[1])).reshape(Y, X)
+        for z in np.nonzero(shift_z.any(1))[0]:
+            lab_obs[z] = st.labels(_grid_points((1, Y, X), [z], tuple(int(v) for v in shift_z[z]))).reshape(Y, X)
     # consecutive grain ids over the labels present (truth first, then extra ones of a misaligned slice)
     present = np.unique(lab_true)
     extra = np.setdiff1d(np.unique(lab_obs), present) if lab_obs is not lab_true else np.zeros(0, np.int64)
@@ -638,6 +668,14 @@ def synthetic_volume(
         for z in damaged:
             iq[z] *= 0.35
             ci[z] *= 0.3
+    speckle = np.zeros(shape, dtype=bool)
+    if speckle_fraction > 0:
+        speckle = (r_speckle.random(shape) < speckle_fraction) & ~unidx
+        n_sp = int(speckle.sum())
+        if n_sp:
+            q_obs[speckle] = random_quaternions(n_sp, r_speckle)
+            ci[speckle] = r_speckle.uniform(0.0, 0.08, n_sp)
+            iq[speckle] *= 0.5
     # as EDAX/TSL .ang files store them: CI with 3 decimals, IQ with 1
     ci = np.round(np.clip(ci, 0.0, 1.0), 3)
     iq = np.round(np.maximum(iq, 0.0), 1)
@@ -665,6 +703,10 @@ def synthetic_volume(
         unindexed_fraction=unindexed_fraction, misaligned_slice=mis, missing_slices=tuple(missing),
         damaged_slices=tuple(damaged), spacing=tuple(float(s) for s in spacing),
     )
+    if drift_arr is not None:
+        params["drift"] = drift_arr.tolist()
+    if speckle_fraction > 0:
+        params["speckle_fraction"] = speckle_fraction
     vol = EBSDVolume(
         quaternions=torch.from_numpy(q_obs.astype(np.float32)).to(dev),
         phases=torch.from_numpy(phases).to(dev),
@@ -731,5 +773,7 @@ def synthetic_volume(
         observed_grain_ids=T(gid_obs_out, torch.int64),
         noise_angles=T(noise_ang.astype(np.float32)),
         params=params,
+        drift=drift_arr,
+        speckle_mask=T(speckle),
     )
     return vol, truth

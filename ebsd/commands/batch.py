@@ -10,6 +10,8 @@ interrupted run is resumed by running the same command again. Exit code 0 when e
   recover  bad slices (auto-detected, or --missing) -> NAME.recovered.dream3d
   rpca     tensor RPCA of the image-quality (or --field confidence) volume -> NAME.rpca.h5 (low_rank, sparse)
   info     shape, spacing, phases, fraction indexed -> NAME.info.json
+  reconstruct  align, clean, segment, grain statistics (the `ebsdtk reconstruct` options below)
+           -> NAME.reconstructed.dream3d
   enhance  not available for volumes (the diffusion model works on 2-D maps: use `ebsdtk enhance`)
 
 --tile N processes each volume in x-y blocks of N voxels (plus a --halo of overlap) to bound a worker's
@@ -21,9 +23,10 @@ import argparse
 
 
 def register(sub) -> None:
-    p = sub.add_parser("batch", help="run recover/rpca/info on every volume of a folder (dask.distributed)",
+    p = sub.add_parser("batch", help="run recover/rpca/info/reconstruct on every volume of a folder (dask.distributed)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("task", choices=["recover", "rpca", "info", "enhance"], help="what to do with each volume")
+    p.add_argument("task", choices=["recover", "rpca", "info", "enhance", "reconstruct"],
+                   help="what to do with each volume")
     p.add_argument("input_dir", metavar="INPUT_DIR", help="folder holding the volumes (searched recursively)")
     p.add_argument("--out", required=True, metavar="OUT_DIR", help="output folder (outputs + manifest.json)")
     p.add_argument("--pattern", default=None, help="glob on the path relative to INPUT_DIR, e.g. '*.dream3d'")
@@ -51,6 +54,9 @@ def register(sub) -> None:
     g.add_argument("--ranks", default="5,5,5", help="Tucker ranks (z, y, x), default 5,5,5")
     g.add_argument("--max-iter", type=int, default=200)
     g.add_argument("--tol", type=float, default=1e-7)
+    from .reconstruct import add_options
+
+    add_options(p)
     p.set_defaults(func=_run)
 
 
@@ -72,6 +78,10 @@ def _run(args) -> int:
         params = dict(common, field=args.field, ranks=_parse_ranks(args.ranks), max_iter=args.max_iter, tol=args.tol)
     elif args.task == "info":
         params = {}
+    elif args.task == "reconstruct":
+        from .reconstruct import steps_from_args
+
+        params = {"steps": steps_from_args(args)}
     else:
         raise EBSDValueError(batch._ENHANCE_MSG)
     import os

@@ -451,3 +451,55 @@ def write_dream3d(vol: EBSDVolume, path, overwrite: bool = False, container: str
             g = f.create_group("EBSDTK")
             g.create_dataset("Metadata", data=json.dumps(meta), dtype=h5py.string_dtype("utf-8"))
     return path
+
+
+# ------------------------------------------------------------------------------------ feature arrays
+_OBJECT_TYPES = {np.dtype(np.float32): "DataArray<float>", np.dtype(np.float64): "DataArray<double>",
+                 np.dtype(np.int32): "DataArray<int32_t>", np.dtype(np.int64): "DataArray<int64_t>",
+                 np.dtype(np.uint32): "DataArray<uint32_t>", np.dtype(np.uint8): "DataArray<uint8_t>"}
+
+
+def write_feature_arrays(path, feature_ids: np.ndarray, features: dict, container: str = "ImageDataContainer",
+                         matrix: str = "CellFeatureData", extra: dict | None = None) -> None:
+    """Add grain (feature) arrays to a ``.dream3d`` written by :func:`write_dream3d`, in place (the caller
+    writes to a temporary file and renames it).
+
+    Writes ``CellData/FeatureIds`` (``(Z, Y, X, 1)`` int32, 0 = no feature) and the attribute matrix
+    ``matrix`` (AttributeMatrixType 7, CellFeature; TupleDimensions ``(G + 1,)``) holding each array of
+    ``features`` (``{name: (G + 1, components)}``; bool arrays are stored as uint8 ``DataArray<bool>``, as
+    DREAM.3D does), and ``extra`` (numpy arrays or JSON strings) under ``/EBSDTK/Reconstruction``.
+    """
+    with h5py.File(path, "a") as f:
+        dc = f[f"DataContainers/{container}"]
+        cell = dc["CellData"]
+        Z, Y, X = feature_ids.shape
+        tdims = (X, Y, Z)
+        d = cell.create_dataset("FeatureIds", data=feature_ids.reshape(Z, Y, X, 1).astype(np.int32),
+                                chunks=(1, Y, X, 1))
+        _array_attrs(d, "DataArray<int32_t>", (1,), tdims)
+        n = None
+        am = dc.create_group(matrix)
+        am.attrs.create("AttributeMatrixType", np.array([7], dtype=np.uint32))
+        for name, arr in features.items():
+            arr = np.asarray(arr)
+            if arr.ndim == 1:
+                arr = arr[:, None]
+            if n is None:
+                n = arr.shape[0]
+            if arr.shape[0] != n:
+                raise EBSDValueError(f"feature array {name} has {arr.shape[0]} tuples, expected {n}")
+            if arr.dtype == np.bool_:
+                ds = am.create_dataset(name, data=arr.astype(np.uint8))
+                ot = "DataArray<bool>"
+            else:
+                ds = am.create_dataset(name, data=arr)
+                ot = _OBJECT_TYPES.get(arr.dtype, "DataArray<float>")
+            _array_attrs(ds, ot, (arr.shape[1],), (n,))
+        am.attrs.create("TupleDimensions", np.array([n or 1], dtype=np.uint64))
+        if extra:
+            g = f.require_group("EBSDTK").create_group("Reconstruction")
+            for k, v in extra.items():
+                if isinstance(v, str):
+                    g.create_dataset(k, data=v, dtype=h5py.string_dtype("utf-8"))
+                else:
+                    g.create_dataset(k, data=np.asarray(v))

@@ -423,3 +423,247 @@ class RPCAWidget(QWidget):
 
 
 __all__ = ["RecoverSlicesWidget", "RPCAWidget", "parse_indices", "contiguous_runs"]
+
+
+# ------------------------------------------------------------------------- reconstruction: align and clean
+class _ShiftPlot(QWidget):
+    """A small plot of the shift curve: dy (red) and dx (blue) against the section index; damaged sections
+    marked by grey bars."""
+
+    def __init__(self):
+        super().__init__()
+        self.setMinimumHeight(110)
+        self.shifts = None
+        self.outliers: list[int] = []
+
+    def set_curve(self, shifts, outliers=()) -> None:
+        self.shifts = None if shifts is None else np.asarray(shifts)
+        self.outliers = list(outliers)
+        self.update()
+
+    def paintEvent(self, event):  # noqa: N802 (Qt)
+        from qtpy.QtCore import QPointF
+        from qtpy.QtGui import QColor, QPainter, QPen
+
+        p = QPainter(self)
+        w, h = self.width(), self.height()
+        p.fillRect(0, 0, w, h, QColor(30, 30, 30))
+        if self.shifts is None or len(self.shifts) < 1:
+            p.end()
+            return
+        s = self.shifts
+        Z = len(s)
+        lim = max(1, int(np.abs(s).max()))
+        x_of = lambda z: 6 + (w - 12) * (z / max(Z - 1, 1))  # noqa: E731
+        y_of = lambda v: h / 2 - (h / 2 - 6) * v / lim  # noqa: E731
+        p.setPen(QPen(QColor(90, 90, 90)))
+        p.drawLine(QPointF(0, h / 2), QPointF(w, h / 2))
+        for z in self.outliers:
+            p.fillRect(int(x_of(z)) - 2, 0, 5, h, QColor(110, 110, 110))
+        for col, color in ((0, QColor(230, 80, 80)), (1, QColor(80, 140, 240))):
+            p.setPen(QPen(color, 2))
+            for z in range(Z - 1):
+                p.drawLine(QPointF(x_of(z), y_of(s[z, col])), QPointF(x_of(z + 1), y_of(s[z + 1, col])))
+        p.end()
+
+
+def _ebsd_layer(lay) -> bool:
+    return volume_of(lay) is not None
+
+
+class AlignSectionsWidget(QWidget):
+    """Align the sections of an EBSD volume: preview the shift curve, then apply (adds "<name> aligned"
+    layers and hides the originals; undo = toggle the layers' visibility)."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.worker = None
+        self.result = None
+        self._source = None
+        self.picker = _LayerPicker(napari_viewer, _ebsd_layer)
+        self.method = QComboBox()
+        self.method.addItems(["misorientation", "grain", "phase-correlation"])
+        self.reference = QComboBox()
+        self.reference.addItems(["previous", "mean"])
+        self.max_shift = QLineEdit("10")
+        self.tolerance = QLineEdit("5")
+        self.preview_btn = QPushButton("Preview shifts")
+        self.apply_btn = QPushButton("Apply")
+        self.apply_btn.setEnabled(False)
+        self.plot = _ShiftPlot()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        form = QFormLayout(self)
+        form.addRow("Layer", self.picker)
+        form.addRow("Method", self.method)
+        form.addRow("Reference", self.reference)
+        form.addRow("Max shift (voxels)", self.max_shift)
+        form.addRow("Tolerance (deg)", self.tolerance)
+        row = QHBoxLayout()
+        row.addWidget(self.preview_btn)
+        row.addWidget(self.apply_btn)
+        form.addRow(row)
+        form.addRow(self.plot)
+        form.addRow(self.status)
+        self.preview_btn.clicked.connect(self.preview)
+        self.apply_btn.clicked.connect(self.apply)
+
+    def preview(self):
+        """Run the alignment in a worker thread; the shift curve appears when it is done."""
+        from napari.qt.threading import thread_worker
+
+        layer = self.picker.layer()
+        vol = volume_of(layer) if layer is not None else None
+        if vol is None:
+            self.status.setText("choose an EBSD volume layer (its IPF layer)")
+            return None
+        try:
+            max_shift = int(self.max_shift.text())
+            tol = float(self.tolerance.text())
+        except ValueError:
+            self.status.setText("max shift must be an integer and the tolerance a number")
+            return None
+        method, reference = self.method.currentText(), self.reference.currentText()
+
+        @thread_worker(ignore_errors=True)
+        def _work():
+            from ..reconstruction import align_sections
+
+            try:
+                return align_sections(vol, method=method, reference=reference, max_shift=max_shift,
+                                      tolerance_deg=tol, progress=False)
+            except RuntimeError as exc:
+                raise _WorkerFailed.wrap(exc) from exc
+
+        def _done(res):
+            self.result, self._source = res, layer
+            self.plot.set_curve(res.shifts, res.outliers)
+            self.apply_btn.setEnabled(True)
+            self.preview_btn.setEnabled(True)
+            self.status.setText(res.summary() + " (red: dy, blue: dx) - Apply adds the aligned layers")
+
+        def _err(e):
+            self.preview_btn.setEnabled(True)
+            self.status.setText(f"alignment failed: {e}")
+
+        worker = _work()
+        worker.returned.connect(_done)
+        worker.errored.connect(_err)
+        self.preview_btn.setEnabled(False)
+        self.apply_btn.setEnabled(False)
+        self.status.setText("aligning ...")
+        self.worker = worker
+        worker.start()
+        return worker
+
+    def apply(self) -> list | None:
+        """Add the aligned volume as new layers and hide the source's layers (nothing is deleted)."""
+        if self.result is None or self._source is None:
+            self.status.setText("preview first")
+            return None
+        src = self._source
+        base = src.name[:-len(" IPF-Z")] if src.name.endswith(" IPF-Z") else src.name
+        added = []
+        for data, kw, kind in volume_layers(self.result.volume, name=f"{base} aligned"):
+            added.append(getattr(self.viewer, f"add_{kind}")(data, **kw))
+        for lay in self.viewer.layers:
+            if lay.name.startswith(base + " ") and lay not in added:
+                lay.visible = False
+        self.status.setText(f"applied: layers '{base} aligned ...' added; the originals are hidden (toggle their "
+                            "visibility to compare or undo)")
+        self.apply_btn.setEnabled(False)
+        return added
+
+
+class CleanWidget(QWidget):
+    """DREAM.3D-style clean-up of an EBSD volume layer: CI threshold, neighbour orientation correlation,
+    segmentation, fill bad data, minimum grain size; adds "<name> clean" layers and a grain-id labels layer."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.worker = None
+        self.picker = _LayerPicker(napari_viewer, _ebsd_layer)
+        self.ci_min = QLineEdit("0.1")
+        self.tolerance = QLineEdit("5")
+        self.level = QLineEdit("2")
+        self.min_defect = QLineEdit("1000")
+        self.min_grain = QLineEdit("10")
+        self.run_btn = QPushButton("Clean")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        form = QFormLayout(self)
+        form.addRow("Layer", self.picker)
+        form.addRow("Min CI", self.ci_min)
+        form.addRow("Tolerance (deg)", self.tolerance)
+        form.addRow("NOC level (0: off)", self.level)
+        form.addRow("Fill defects under (voxels, 0: off)", self.min_defect)
+        form.addRow("Min grain (voxels, 0: off)", self.min_grain)
+        form.addRow(self.run_btn)
+        form.addRow(self.status)
+        self.run_btn.clicked.connect(self.run)
+
+    def steps(self) -> list:
+        ci, tol = float(self.ci_min.text()), float(self.tolerance.text())
+        level, defect, grain = int(self.level.text()), int(self.min_defect.text()), int(self.min_grain.text())
+        st: list = [("mark_bad", {"ci_min": ci})]
+        if level:
+            st.append(("neighbor_orientation_correlation", {"min_confidence": ci, "tolerance_deg": tol, "level": level}))
+        st.append(("segment", {"threshold_deg": tol}))
+        if defect:
+            st.append(("fill_bad_data", {"min_defect_size": defect}))
+        if grain:
+            st.append(("remove_small_grains", {"min_voxels": grain}))
+        st.append("statistics")
+        return st
+
+    def run(self):
+        from napari.qt.threading import thread_worker
+
+        layer = self.picker.layer()
+        vol = volume_of(layer) if layer is not None else None
+        if vol is None:
+            self.status.setText("choose an EBSD volume layer (its IPF layer)")
+            return None
+        try:
+            steps = self.steps()
+        except ValueError:
+            self.status.setText("the parameters must be numbers (levels and sizes integers)")
+            return None
+
+        @thread_worker(ignore_errors=True)
+        def _work():
+            from ..reconstruction import reconstruct
+
+            try:
+                return reconstruct(vol, steps=steps, progress=False)
+            except RuntimeError as exc:
+                raise _WorkerFailed.wrap(exc) from exc
+
+        def _done(res):
+            base = layer.name[:-len(" IPF-Z")] if layer.name.endswith(" IPF-Z") else layer.name
+            for data, kw, kind in volume_layers(res.volume, name=f"{base} clean"):
+                getattr(self.viewer, f"add_{kind}")(data, **kw)
+            lab = res.labels.cpu().numpy() + 1  # 0 = no grain
+            self.viewer.add_labels(lab.astype(np.int32), name=f"{base} grains", scale=tuple(res.volume.spacing),
+                                   translate=tuple(res.volume.origin), opacity=0.5, visible=False)
+            s = res.statistics.summary()
+            self.status.setText(f"{res.n_grains} grains; mean ESD of interior grains {s['mean_esd_um']:.3g} um")
+            self.run_btn.setEnabled(True)
+
+        def _err(e):
+            self.run_btn.setEnabled(True)
+            self.status.setText(f"clean-up failed: {e}")
+
+        worker = _work()
+        worker.returned.connect(_done)
+        worker.errored.connect(_err)
+        self.run_btn.setEnabled(False)
+        self.status.setText("cleaning ...")
+        self.worker = worker
+        worker.start()
+        return worker
+
+
+__all__ += ["AlignSectionsWidget", "CleanWidget"]
