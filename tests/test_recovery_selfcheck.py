@@ -127,7 +127,9 @@ def test_self_check_never_loses_to_interpolation_and_reports(real_like):
     table = sc["table"]
     assert {"nearest", "slerp", "blend", "transformer+projection", "network-blend"} <= set(table)
     best = min(table, key=lambda k: table[k]["mean_deg"])
-    assert sc["method"] == best and det["method"] == best.split(" (")[0]
+    # the lowest mean wins, or the plain blend when it is within 5 % of it (and no worse than interpolation)
+    assert sc["method"] == best or (sc["method"] == "blend" and sc["mean_deg"] <= 1.05 * table[best]["mean_deg"])
+    assert det["method"] == sc["method"].split(" (")[0]
     assert sc["mean_deg"] <= table["slerp"]["mean_deg"] and sc["mean_deg"] <= table["nearest"]["mean_deg"]
     assert 0 < sc["within5"] <= 1 and sc["n_sections"] == len(sc["sections"]) >= 4
     # the estimate is the chosen method's error on the hidden known sections, recomputed here independently
