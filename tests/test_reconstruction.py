@@ -392,3 +392,14 @@ def test_cli_reconstruct_recover_auto(tmp_path):
     assert (shifts[good] == (d[0] - d)[good]).all()
     back = ebsd.load_volume(out)
     assert float(back.valid[4].float().mean()) > 0.5
+
+
+@pytest.mark.gpu
+def test_align_and_reconstruct_on_cuda_match_cpu():
+    d = random_drift(6, max_shift=4, jumps=1, seed=8)
+    vol = synthetic_volume((6, 48, 48), mean_grain_size=9, seed=9, noise_deg=0.5, speckle_fraction=0.05, drift=d)
+    res = align_sections(vol.to("cuda"), max_shift=5, progress=False)
+    assert res.volume.device.type == "cuda" and (res.shifts == d[0] - d).all()
+    rec = reconstruct(vol, device="cuda", progress=False)
+    assert rec.volume.device.type == "cuda" and rec.n_grains > 0
+    assert (rec.alignment.shifts == d[0] - d).all()
