@@ -82,7 +82,8 @@ __all__ = ["run", "discover", "TASKS", "input_hash", "tile_windows", "recovery_w
            "recover_tiled", "process_one", "output_path"]
 
 TASKS = ("recover", "rpca", "info", "enhance", "reconstruct")
-VOLUME_SUFFIXES = (".dream3d", ".h5", ".hdf5", ".h5ebsd")
+VOLUME_SUFFIXES = (".dream3d", ".h5", ".hdf5", ".h5ebsd", ".h5oina")
+SLICE_SUFFIXES = (".ang", ".ctf")  # a folder of these is one volume
 _OUT_SUFFIX = {"recover": ".recovered.dream3d", "rpca": ".rpca.h5", "info": ".info.json",
                "reconstruct": ".reconstructed.dream3d"}
 _DEFAULTS = {
@@ -135,9 +136,9 @@ def _jsonable(v):
 
 # ------------------------------------------------------------------------------------------------ discovery
 def discover(input_dir, pattern: str | None = None, exclude: Sequence = ()) -> list[Path]:
-    """The volumes under ``input_dir``, sorted: ``.dream3d``/``.h5``/``.hdf5``/``.h5ebsd`` files, and
-    folders holding ``.ang`` files (each such folder is one volume; ``input_dir`` itself when its ``.ang``
-    files lie directly in it). ``pattern`` is a glob matched against the path relative to ``input_dir``
+    """The volumes under ``input_dir``, sorted: ``.dream3d``/``.h5``/``.hdf5``/``.h5ebsd``/``.h5oina`` files,
+    and folders holding ``.ang`` or ``.ctf`` files (each such folder is one volume; ``input_dir`` itself when
+    its slices lie directly in it). ``pattern`` is a glob matched against the path relative to ``input_dir``
     (and against the bare name); folders in ``exclude`` (e.g. the output folder) are not searched.
 
     Raises:
@@ -151,7 +152,7 @@ def discover(input_dir, pattern: str | None = None, exclude: Sequence = ()) -> l
     for dirpath, dirnames, filenames in os.walk(root):
         d = Path(dirpath)
         dirnames[:] = sorted(n for n in dirnames if (d / n).resolve() not in skip and not n.startswith("."))
-        if any(f.lower().endswith(".ang") for f in filenames):
+        if any(f.lower().endswith(SLICE_SUFFIXES) for f in filenames):
             found.append(d)
         found.extend(d / f for f in sorted(filenames)
                      if f.lower().endswith(VOLUME_SUFFIXES) and not f.startswith("."))
@@ -167,7 +168,7 @@ def _rel(p: Path, root: Path) -> str:
 
 def _input_files(path: Path) -> list[Path]:
     if path.is_dir():
-        return sorted(f for f in path.iterdir() if f.is_file() and f.name.lower().endswith(".ang"))
+        return sorted(f for f in path.iterdir() if f.is_file() and f.name.lower().endswith(SLICE_SUFFIXES))
     return [path]
 
 

@@ -54,6 +54,12 @@ def test_discover_folders_files_pattern(tmp_path):
                                                                "vol1.dream3d"]
     assert [p.name for p in batch.discover(inp, "vol*.dream3d")] == ["vol0.dream3d", "vol1.dream3d"]
     assert [p.name for p in batch.discover(inp, "sub/*")] == ["vol2"]
+    # Oxford files too: a folder of .ctf slices is one volume, an .h5oina file is one
+    (inp / "ctfs").mkdir()
+    (inp / "ctfs" / "s0.CTF").write_text("Channel Text File\n")
+    (inp / "scan.h5oina").write_bytes(b"")
+    names = [p.relative_to(inp).as_posix() for p in batch.discover(inp, exclude=[inp / "out"])]
+    assert "ctfs" in names and "scan.h5oina" in names
 
 
 def test_cli_three_volumes_one_corrupt_resume(tmp_path):

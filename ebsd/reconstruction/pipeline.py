@@ -140,11 +140,7 @@ def reconstruct(vol: EBSDVolume, steps=None, progress: bool = True, device=None)
             if missing == "auto" or missing is None:
                 missing = find_bad_slices(res.volume)
             missing = sorted(int(z) for z in missing)
-            if missing:
-                # the recovered sections are predicted whole (also where a shift had uncovered them), so they
-                # count as measured from here on: a recovered voxel must be allowed to be valid
-                res.volume = res.volume.copy()
-                res.volume.measured[missing] = True
+            if missing:  # recovered voxels come back valid but not measured (their values are inferred)
                 res.volume = recover_missing_slices(res.volume, missing=missing, model=o.pop("model", "default"),
                                                     project=o.pop("project", True), progress=progress, **o)
             info = {"recovered_slices": missing}
