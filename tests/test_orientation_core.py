@@ -210,3 +210,17 @@ def test_disorientation_quaternion(laue):
         b, c, dd = d[:, 1], d[:, 2], d[:, 3]
         assert ((b >= c - 1e-9) & (c >= dd - 1e-9) & (dd >= -1e-9)).all()
         assert (angle <= math.radians(62.8) + 1e-9).all()
+
+
+def test_misorientation_angle_triton_backend_only_for_kernel_symmetries():
+    """backend='triton' with a symmetry the kernel does not cover is a named error (not a silent torch run);
+    backend='torch' computes it, and None picks torch on CPU."""
+    from ebsd import EBSDValueError
+    from ebsd.orientation import misorientation_angle
+
+    q = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    r = torch.tensor([[np.cos(0.2), np.sin(0.2), 0.0, 0.0]])
+    with pytest.raises(EBSDValueError, match="m-3m and 6/mmm only"):
+        misorientation_angle(q, r, "mmm", backend="triton")
+    for be in ("torch", None):
+        assert float(misorientation_angle(q, r, "mmm", backend=be)[0]) == pytest.approx(0.4, abs=1e-6)
