@@ -234,3 +234,15 @@ def test_rpca_check_stays_quiet_on_a_good_answer_and_on_no_iterations():
     with pytest.warns(RPCAConvergenceWarning, match="likely wrong"):
         bad = rpca(p.Y, (1, 1, 1))
     assert not bad.converged
+
+
+def test_default_ranks_tol_zero_and_tol_bounds():
+    """Documented defaults: ranks (5, 5, 5); tol=0 is allowed (run to max_iter, warned), a negative tol is not."""
+    p = synthetic_rpca((12, 13, 14), (5, 5, 5), kappa=2, alpha=0.1, seed=5)
+    res = rpca(p.Y)
+    assert tuple(res.core.shape) == (5, 5, 5) and [tuple(U.shape) for U in res.factors] == [(12, 5), (13, 5), (14, 5)]
+    with pytest.warns(RPCAConvergenceWarning, match="max_iter=3"):
+        r0 = rpca(p.Y, (5, 5, 5), tol=0.0, max_iter=3)
+    assert r0.n_iter == 3 and not r0.converged
+    with pytest.raises(RPCAInputError, match="tol"):
+        rpca(p.Y, (5, 5, 5), tol=-1e-9)
