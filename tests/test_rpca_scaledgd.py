@@ -246,3 +246,35 @@ def test_default_ranks_tol_zero_and_tol_bounds():
     assert r0.n_iter == 3 and not r0.converged
     with pytest.raises(RPCAInputError, match="tol"):
         rpca(p.Y, (5, 5, 5), tol=-1e-9)
+
+
+def test_default_tol_progress_and_max_iter_validation(capsys):
+    """Documented defaults, observed through behaviour: tol=1e-7 (the run stops at the first relative change below
+    it), no progress bar; max_iter must be a non-bool int >= 0."""
+    p = synthetic_rpca((10, 11, 12), (2, 2, 2), kappa=2, alpha=0.1, seed=6)
+    res = rpca(p.Y, (2, 2, 2))
+    ch = res.rel_changes
+    assert res.converged and ch[-1] < 1e-7 and all(c >= 1e-7 for c in ch[:-1])
+    assert capsys.readouterr().err == ""                              # progress=False by default
+    for bad in (True, -1, 2.5):
+        with pytest.raises(RPCAInputError, match="max_iter"):
+            rpca(p.Y, (2, 2, 2), max_iter=bad)
+
+
+def test_soft_threshold_tensor_zeta_path_matches_float_path():
+    """The differentiable path (zeta a tensor that requires grad) computes the same soft-thresholded step as the
+    float path, and its residual is T_soft(D) - D = -clamp(D, -zeta, zeta) by hand."""
+    from tensorrpca.scaledgd import _residual_tensor_zeta
+
+    D = torch.linspace(-3, 3, 13, dtype=torch.float64)
+    z = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    want = -torch.clamp(D, -1.0, 1.0)
+    torch.testing.assert_close(_residual_tensor_zeta(D, z, "soft").detach(), want)
+    p = synthetic_rpca((8, 9, 10), (2, 2, 2), kappa=2, alpha=0.1, seed=7)
+    Y = torch.as_tensor(p.Y, dtype=torch.float64)
+    f, c = spectral_init(Y, (2, 2, 2), 0.5, mode="soft")
+    f1, c1 = scaledgd_step(Y, f, c, 0.3, 0.5, mode="soft")
+    f2, c2 = scaledgd_step(Y, f, c, torch.tensor(0.3, dtype=torch.float64, requires_grad=True), 0.5, mode="soft")
+    torch.testing.assert_close(c2.detach(), c1, atol=1e-10, rtol=1e-10)
+    for a, b in zip(f2, f1):
+        torch.testing.assert_close(a.detach(), b, atol=1e-10, rtol=1e-10)
