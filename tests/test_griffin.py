@@ -346,3 +346,53 @@ def test_magnitude_selection_is_topk_of_weight_norms(family):
             b = np.linalg.norm(s.w_out().detach().double().numpy(), axis=0)
         k = round(0.25 * s.d_ff)
         np.testing.assert_array_equal(got[layer][0], _topk_set(a * b, k))
+
+
+@pytest.mark.parametrize("family", ["llama", "opt"])
+def test_flocking_statistic_against_independent_computation(family):
+    """flocking(): per layer and sequence, overlap of the prompt's and the continuation's top-k GRIFFIN sets (|A&B|/k)
+    and the continuation's normalised squared mass on the prompt's set, recomputed here in float64 numpy."""
+    model = tiny_lm(family)
+    ids, am = _batch(8, B=2, S=12)
+    P, density = 7, 0.25
+    st = griffin.flocking(model, ids, prompt_len=P, density=density, attention_mask=am)
+    zs = _dense_prefill_activations(model, ids, am)
+    ov, ms = [], []
+    for z in zs:
+        k = max(1, round(density * z.shape[-1]))
+        o_l, m_l = [], []
+        for b in range(2):
+            keep = am[b].bool().numpy()
+            pm, cm = keep.copy(), keep.copy()
+            pm[P:] = False
+            cm[:P] = False
+            sp, sc = _griffin_stat(z[b], pm), _griffin_stat(z[b], cm)
+            A, Bs = set(_topk_set(sp, k).tolist()), set(_topk_set(sc, k).tolist())
+            o_l.append(len(A & Bs) / k)
+            m_l.append((sc[list(A)] ** 2).sum() / (sc ** 2).sum())
+        ov.append(np.mean(o_l))
+        ms.append(np.mean(m_l))
+    np.testing.assert_allclose(st["overlap_per_layer"], ov, atol=1e-6)
+    np.testing.assert_allclose(st["mass_per_layer"], ms, atol=1e-5)
+    assert st["overlap"] == pytest.approx(np.mean(ov), abs=1e-6) and st["chance"] == density
+
+
+@pytest.mark.parametrize("family", ["opt", "gpt2"])
+def test_decode_with_nonzero_biases_equals_masked_full_ff(family):
+    """Plain FFs with non-zero in/out biases (random init leaves them at 0): the per-sequence decode still equals the
+    dense FF with the other neurons zeroed, and a tiny density keeps at least one neuron."""
+    model = tiny_lm(family)
+    with torch.no_grad():
+        for n, p_ in model.named_parameters():
+            if p_.ndim == 1 and "bias" in n:
+                p_.normal_(0, 0.3)
+    ids, am = _batch(3, B=2)
+    cont = torch.randint(3, VOCAB, (2, 2), generator=torch.Generator().manual_seed(7))
+    with griffin.apply(model, density=0.4, batch_experts="per_sequence", backend="torch") as g:
+        got = _decode(model, ids, am, cont)
+        experts = [e.clone() for e in g.experts]
+        assert g.ffs[0].mode == "per_seq"
+    torch.testing.assert_close(got, _masked_reference(model, ids, am, cont, experts), atol=1e-4, rtol=1e-4)
+    with griffin.apply(model, density=1e-3) as g:
+        model(input_ids=ids, attention_mask=am, use_cache=True)
+        assert all(e.shape[-1] == 1 for e in g.experts)
