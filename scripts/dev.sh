@@ -6,6 +6,8 @@
 #   bash scripts/dev.sh test --latest [...]  the same in .venv-latest/ with the newest releases (no lock): drift check
 #   bash scripts/dev.sh setup [--latest]     set up only
 #   bash scripts/dev.sh lock                 regenerate requirements/lock-py3XX.txt from a clean newest install
+#   bash scripts/dev.sh mutants [MODULE]     mutation testing (scripts/mutants.py) of the core modules, each against
+#                                            its relevant tests only; slow, not part of CI; MUTANTS_MAX=N samples N
 #
 # .venv/ installs through the committed lock of tested versions (requirements/lock-py311.txt for Python 3.11
 # on Linux x86-64) as a pip constraint, so a fresh machine gets what CI tested. The venv is reused while its
@@ -27,8 +29,8 @@ TORCH_CPU=2.13.0   # torch release installed first when no lock applies (a CPU b
 
 case "$TASK" in
   demo) EXTRAS="" ;;
-  test|setup|lock) EXTRAS="$ALL_EXTRAS" ;;
-  *) echo "usage: bash scripts/dev.sh demo|test|setup [--latest] [args] | lock" >&2; exit 64 ;;
+  test|setup|lock|mutants) EXTRAS="$ALL_EXTRAS" ;;
+  *) echo "usage: bash scripts/dev.sh demo|test|setup [--latest] [args] | lock | mutants [MODULE]" >&2; exit 64 ;;
 esac
 
 pick_python() {
@@ -192,5 +194,24 @@ case "$TASK" in
       exec xvfb-run -a -s "-screen 0 1600x1000x24" "$PY" -m pytest ${ARGS[@]+"${ARGS[@]}"}
     fi
     exec "$PY" -m pytest ${ARGS[@]+"${ARGS[@]}"}
+    ;;
+  mutants)  # module -> the tests that protect it (narrowest selection: the runs are CPU-heavy)
+    export PYTHONHASHSEED=0 MPLBACKEND=Agg
+    declare -A MT=(
+      [tensorrpca/scaledgd.py]="tests/test_rpca_scaledgd.py|-m 'not slow'"
+      [ebsd/orientation/misorientation.py]="tests/test_orientation_core.py|-k 'misorientation or disorientation'"
+      [ebsd/recovery/projection.py]="tests/test_recovery_api.py tests/test_recovery_baselines.py|-m 'not slow'"
+      [llmeff/griffin.py]="tests/test_griffin.py|-k 'not compile'"
+      [llmeff/kvcache/shadowkv.py]="tests/test_kvcache_shadowkv.py|"
+      [diffusion/model.py]="tests/test_diffusion_model.py tests/test_diffusion_checkpoint_quality.py|"
+    )
+    MODS=${ARGS[@]+"${ARGS[@]}"}
+    [ -n "$MODS" ] || MODS="tensorrpca/scaledgd.py ebsd/orientation/misorientation.py ebsd/recovery/projection.py llmeff/griffin.py llmeff/kvcache/shadowkv.py diffusion/model.py"
+    for m in $MODS; do  # one module at a time
+      spec=${MT[$m]:-}
+      if [ -z "$spec" ]; then echo "no test selection for $m; known: ${!MT[*]}" >&2; exit 64; fi
+      # shellcheck disable=SC2086
+      "$PY" scripts/mutants.py "$m" --tests ${spec%%|*} --pytest-args "${spec#*|}" --max "${MUTANTS_MAX:-0}"
+    done
     ;;
 esac

@@ -10,7 +10,8 @@ class RPCAInputError(RPCAError, ValueError):
 
 
 class RPCAConvergenceWarning(UserWarning):
-    """The iteration stopped at ``max_iter`` before reaching ``tol``, or diverged."""
+    """The iteration stopped at ``max_iter`` before reaching ``tol``, diverged, or stopped on an answer that the
+    checks made without the truth call likely wrong (e.g. a sparse part holding most entries)."""
 
 
 class RPCAFileExistsError(RPCAError, FileExistsError):

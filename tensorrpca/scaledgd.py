@@ -79,7 +79,9 @@ class RPCAParams:
 class RPCAResult:
     """Output of :func:`rpca`. ``low_rank``/``sparse`` have the kind (numpy/torch), dtype and device of ``Y``;
     ``core``/``factors`` likewise. ``history`` holds one dict per iteration: ``rel_change`` (relative change
-    of ``X``) and ``zeta`` (threshold used)."""
+    of ``X``) and ``zeta`` (threshold used). ``checks``: what was checked without the truth after stopping
+    (``sparse_fraction``, ``zeta_final``, ``likely_wrong``; see :func:`rpca`); ``converged`` is ``False`` when the
+    iteration did not reach ``tol`` *or* a check says the answer is likely wrong."""
 
     low_rank: Any
     sparse: Any
@@ -89,6 +91,7 @@ class RPCAResult:
     converged: bool
     history: list[dict] = field(default_factory=list)
     params: RPCAParams = field(default_factory=RPCAParams)
+    checks: dict = field(default_factory=dict)
 
     @property
     def rel_changes(self) -> list[float]:
@@ -358,8 +361,17 @@ def rpca(
     Returns:
         :class:`RPCAResult`.
 
+    After stopping, the answer is checked without the truth: when the sparse part holds more than half of the
+    entries (``MAX_SPARSE_FRACTION``; a sparse corruption cannot), the low-rank fit is likely wrong: ``converged``
+    is set to ``False`` and an :class:`~tensorrpca.errors.RPCAConvergenceWarning` says what to try (larger
+    ranks, ``sparsity=``, a slower decay or larger ``zeta1``, or stopping earlier on noisy data).
+    ``result.checks`` holds the numbers.
+
     Raises:
         RPCAInputError (a ``ValueError``): bad order, ranks, dtype, NaN/inf, or parameters.
+
+    Warns:
+        RPCAConvergenceWarning: stopped at ``max_iter``, diverged, or the answer failed the checks above.
     """
     kind, ranks = _validate(Y, ranks)
     if threshold not in ("hard", "soft"):
@@ -445,9 +457,45 @@ def rpca(
     X = tucker_to_tensor(core, factors, backend=backend)
     zeta_final = p.zeta1 * p.rho ** len(history)
     S = threshold_residual(Yt, X, zeta_final, mode=threshold, out="sparse", backend=backend)
+    checks = _check_answer(S, zeta_final, history, ranks)
+    if checks.get("likely_wrong"):
+        converged = False
+        warnings.warn(checks["message"], RPCAConvergenceWarning, stacklevel=2)
     out_dtype = in_dtype
     conv = lambda T: _to_kind(T, kind, in_device, out_dtype)  # noqa: E731
     return RPCAResult(
         low_rank=conv(X), sparse=conv(S), core=conv(core), factors=[conv(U) for U in factors],
-        n_iter=len(history), converged=converged, history=history, params=p,
+        n_iter=len(history), converged=converged, history=history, params=p, checks=checks,
     )
+
+
+#: Largest share of entries the sparse part may hold before the answer is called likely wrong. Robust PCA's model
+#: is a *sparse* corruption (identifiable only below one half; ``sparsity`` must be < 0.5 for the same reason).
+MAX_SPARSE_FRACTION = 0.5
+
+
+def _check_answer(S: torch.Tensor, zeta_final: float, history: list, ranks) -> dict:
+    """Checks that need no ground truth, run after the iteration stops.
+
+    The one that decides: the share of non-zero entries of the sparse part ``S = T_zeta(Y - X)`` at the final
+    threshold. When the low-rank fit is wrong (ranks too low for the data, a weak component lost at high
+    condition number, or the threshold decayed faster than the fit improved), its residual exceeds the final
+    threshold on most entries and ``S`` swallows them: on the default grid's silent failures ``S`` held 98-99.6 %
+    of the entries (true corruption 5-30 %), on every success exactly the corrupted share. Dense noise in ``Y``
+    does the same once the threshold has decayed to the noise level; the split is then not low-rank + sparse
+    either. Returns ``{"sparse_fraction", "zeta_final", "likely_wrong", "message"}`` (empty when no iteration ran).
+    """
+    if not history or not math.isfinite(history[-1]["rel_change"]):
+        return {}
+    frac = float(torch.count_nonzero(S)) / max(S.numel(), 1)
+    out = {"sparse_fraction": frac, "zeta_final": float(zeta_final), "likely_wrong": frac > MAX_SPARSE_FRACTION}
+    if out["likely_wrong"]:
+        out["message"] = (
+            f"rpca's answer is likely wrong: the sparse part holds {frac:.1%} of the entries (robust PCA assumes a "
+            f"sparse corruption, < {MAX_SPARSE_FRACTION:.0%}); the final threshold {zeta_final:.3g} fell below the "
+            f"low-rank fit's residual on most entries, so converged=False. Try: larger ranks than {list(ranks)} "
+            "(a weak component may be missing); sparsity=<expected corrupted share> to sharpen zeta1; a slower "
+            "threshold decay (decay=0.95) or a larger zeta1 (params={'zeta1': ...}); if Y carries dense noise, a "
+            "larger tol or a smaller max_iter stops before the threshold reaches the noise level."
+        )
+    return out

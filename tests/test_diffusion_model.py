@@ -216,3 +216,40 @@ def test_boundary_helpers_match_references():
     assert bool(edges[:, 3:5].all()) and not bool(edges[:, :2].any()) and not bool(edges[:, 6:].any())
     with pytest.raises(Exception, match="criterion"):
         pl_only_boundaries(x, "nope")
+
+
+def test_boundary_map_hand_built():
+    """Hand-built answers: a pixel is on a boundary when the misorientation to its right or its lower neighbour
+    exceeds the threshold (6/mmm: a 60 deg turn about c is no boundary; 20 deg about a is)."""
+    def about(axis, deg):
+        h = math.radians(deg) / 2
+        return [math.cos(h)] + [math.sin(h) * a for a in axis]
+
+    q = torch.tensor([1.0, 0, 0, 0]).repeat(4, 5, 1)
+    # top two rows vs bottom two rows: only row 1 (its lower neighbour differs) is a boundary
+    q[2:] = torch.tensor(about((1, 0, 0), 20.0))
+    want = torch.zeros(4, 5, dtype=torch.bool)
+    want[1] = True
+    assert torch.equal(boundary_map(q), want)
+    # left three columns vs right two: only column 2 is
+    q = torch.tensor([1.0, 0, 0, 0]).repeat(4, 5, 1)
+    q[:, 3:] = torch.tensor(about((1, 0, 0), 20.0))
+    want = torch.zeros(4, 5, dtype=torch.bool)
+    want[:, 2] = True
+    assert torch.equal(boundary_map(q), want)
+    # one odd pixel at (1, 2): its left and upper neighbours and itself
+    q = torch.tensor([1.0, 0, 0, 0]).repeat(4, 5, 1)
+    q[1, 2] = torch.tensor(about((0, 1, 0), 20.0))
+    want = torch.zeros(4, 5, dtype=torch.bool)
+    want[1, 1] = want[0, 2] = want[1, 2] = True
+    assert torch.equal(boundary_map(q), want)
+    np.testing.assert_array_equal(boundary_map(q.numpy()), want.numpy())
+    # symmetry and threshold: 60 deg about c is the same crystal orientation; 3 deg is below 5 but above 2
+    q = torch.tensor([1.0, 0, 0, 0]).repeat(3, 3, 1)
+    q[1:] = torch.tensor(about((0, 0, 1), 60.0))
+    assert not bool(boundary_map(q).any())
+    q[1:] = torch.tensor(about((0, 0, 1), 63.0))
+    assert not bool(boundary_map(q).any())
+    want = torch.zeros(3, 3, dtype=torch.bool)
+    want[0] = True
+    assert torch.equal(boundary_map(q, threshold_deg=2.0), want)

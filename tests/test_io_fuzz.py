@@ -119,14 +119,17 @@ def test_fuzz_ang(tmp_path):
     rng = np.random.default_rng(1234)
     results = {"ok": 0, "error": 0}
     kinds = set()
+    unchanged = 0
     t0 = time.perf_counter()
     for n in range(N_ANG):
         kind, data = _mutate_text(src, rng)
         kinds.add(kind)
+        unchanged += data == src
         p = tmp_path / f"m{n:03d}.ang"
         p.write_bytes(data)
         results[_check(p)] += 1
         p.unlink()
+    assert sum(results.values()) == N_ANG and unchanged <= N_ANG // 20, (results, unchanged)  # really mutated
     assert len(kinds) >= 10
     assert results["error"] > N_ANG // 3, results  # most mutations must be caught
     assert time.perf_counter() - t0 < 40
@@ -300,15 +303,18 @@ def test_fuzz_hdf5_structure(tmp_path, fmt):
     src = _h5_sources(tmp_path)[fmt]
     rng = np.random.default_rng({"dream3d": 1, "oim": 2, "h5ebsd": 3, "h5oina": 4, "bruker": 5, "emsoft": 6}[fmt])
     results = {"ok": 0, "error": 0}
+    labels = set()
     n = N_H5_STRUCT // 3 + 4
     for i in range(n):
         p = tmp_path / f"m{i:03d}{src.suffix}"
         shutil.copy(src, p)
-        _mutate_h5(p, rng)
+        label = _mutate_h5(p, rng)
+        labels.add(label.split(":")[0])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             results[_check(p, z_spacing=0.5)] += 1
         p.unlink()
+    assert sum(results.values()) == n and len(labels) >= 4, (results, labels)
     # Bruker and EMsoft files carry many datasets no reader uses (pattern centres, dot-product lists ...):
     # mutating those cannot be noticed, so fewer mutations are caught there
     assert results["error"] >= (n // 6 if fmt in ("bruker", "emsoft") else n // 3), results
@@ -370,7 +376,3 @@ def test_fuzz_hdf5_bytes(tmp_path):
     slow = [row for row in rows if row["s"] > PER_READ_S]
     assert not slow, slow[:5]
 
-
-def test_fuzz_total_count():
-    total = N_ANG + N_CTF + 6 * (N_H5_STRUCT // 3 + 4) + N_H5_BYTES
-    assert total >= 200

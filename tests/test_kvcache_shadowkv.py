@@ -75,3 +75,125 @@ def test_unrope_inverts_rope():
     cos, sin = m.model.rotary_emb(k, pos)
     _, kr = apply_rotary_pos_emb(k, k, cos, sin)
     assert torch.allclose(_unrope(kr, cos, sin), k, atol=1e-5)
+
+
+# -- real compression (rank and budget well below the sequence) against full attention and independent references --
+
+def _lowrank_keys_model(seed=0, key_rank=4, qk_scale=4.0):
+    """The tiny Llama with rank-``key_rank`` key projections (pre-RoPE keys then have that rank, the premise of
+    ShadowKV) and queries/keys scaled so that attention is peaked enough for chunk selection to matter."""
+    m = tiny("llama", seed)
+    g = torch.Generator().manual_seed(seed + 7)
+    with torch.no_grad():
+        for lay in m.model.layers:
+            a = lay.self_attn
+            W = a.k_proj.weight
+            U = torch.randn(W.shape[0], key_rank, generator=g)
+            Vt = torch.randn(key_rank, W.shape[1], generator=g)
+            a.k_proj.weight.copy_(U @ Vt / (key_rank * W.shape[1]) ** 0.5 * qk_scale)
+            a.q_proj.weight.mul_(qk_scale)
+    return m
+
+
+def _decode_logits(m, policy=None, T=128, steps=4):
+    """Prefill a T-token batch, then ``steps`` one-token decode forwards on fixed tokens; their logits (B, steps, V)."""
+    ids, am = batch(T=T)
+    g = torch.Generator().manual_seed(9)
+    outs = []
+    with torch.no_grad():
+        ctx = kvcache.apply(m, policy) if policy is not None else None
+        if ctx is not None:
+            ctx.__enter__()
+        try:
+            cache = DynamicCache(config=m.config)
+            m(input_ids=ids, attention_mask=am, **{cache_keyword(m): cache}, use_cache=True)
+            for _ in range(steps):
+                am = torch.cat([am, torch.ones(2, 1, dtype=am.dtype)], 1)
+                tok = torch.randint(0, V, (2, 1), generator=g)
+                outs.append(m(input_ids=tok, attention_mask=am, **{cache_keyword(m): cache}, use_cache=True).logits)
+        finally:
+            if ctx is not None:
+                ctx.__exit__(None, None, None)
+    return torch.cat(outs, 1)
+
+
+def _rel(x, ref):
+    return ((x - ref).norm() / ref.norm()).item()
+
+
+def test_factors_are_the_best_rank_r_approximation_of_pre_rope_keys():
+    """Eckart-Young as the independent reference: ``A @ Bf`` is as close to the pre-RoPE keys (heads side by side,
+    read here from k_proj's output) as the truncated SVD computed by numpy in float64; the smallest directions
+    (or any other rank-r subspace) would be far worse."""
+    import numpy as np
+
+    m = tiny("llama")
+    ids, am = batch(T=96)
+    keys = {}
+
+    def grab(mod, args, out):
+        keys.setdefault("k", out.detach().double().numpy())   # the prefill's keys; returns None: output untouched
+
+    h = m.model.layers[0].self_attn.k_proj.register_forward_hook(grab)
+    r = 6
+    try:
+        with torch.no_grad(), kvcache.apply(m, ShadowKV(budget=16, rank=r, chunk=8, local_window=8, outlier_chunks=0)):
+            cache = DynamicCache(config=m.config)
+            m(input_ids=ids, attention_mask=am, **{cache_keyword(m): cache}, use_cache=True)
+    finally:
+        h.remove()
+    lay = cache.layers[0]
+    Tc = lay.A.shape[1]
+    assert Tc == 88 and r < 32  # real compression: rank 6 of 32, 88 tokens factorised
+    for b in range(2):
+        X = keys["k"][b, :Tc]
+        s = np.linalg.svd(X, compute_uv=False)
+        best = np.sqrt((s[r:] ** 2).sum())
+        got = np.linalg.norm(X - (lay.A[b].double() @ lay.Bf[b].double()).numpy())
+        worst_r = np.sqrt((s[:-r] ** 2).sum())          # keeping the r smallest directions instead
+        assert got <= best * (1 + 1e-4) + 1e-6, (b, got, best)
+        assert worst_r > 1.3 * best                      # the reference discriminates (8.3 vs 5.6 here)
+
+
+def test_low_rank_keys_rebuilt_exactly_at_rank_below_head_dims():
+    """Keys of rank 4, ShadowKV rank 8 (of Hkv*D = 32), every chunk fetched: decode equals full attention."""
+    m = _lowrank_keys_model()
+    ref = _decode_logits(m)
+    got = _decode_logits(m, ShadowKV(budget=1024, rank=8, chunk=8, local_window=8, outlier_chunks=1))
+    assert _rel(got, ref) < 1e-4
+
+
+def test_small_budget_close_to_full_attention_and_better_than_random_chunks(monkeypatch):
+    """Rank 8 of 32 and a budget of 32 of 128 tokens (4 of 15 chunks): the decode logits stay within 60 % relative
+    error of full attention (measured 0.41-0.54 on these seeds), and landmark selection beats a random choice of
+    the same number of chunks (measured ratio 0.73-0.79; asserted < 0.9 on the mean over seeds)."""
+    from llmeff.kvcache import shadowkv as skv
+
+    def policy():
+        return ShadowKV(budget=32, rank=8, chunk=8, local_window=8, outlier_chunks=1)
+
+    orig = skv.ShadowKVLayer._select
+
+    def random_chunks(self, q):
+        top = orig(self, q)
+        if top is None:
+            return None
+        B, hk, k = top.shape
+        g = torch.Generator().manual_seed(123)
+        out = torch.empty_like(top)
+        for b in range(B):
+            for h_ in range(hk):
+                cand = (~self.outlier[b, h_]).nonzero().flatten()
+                out[b, h_] = cand[torch.randperm(len(cand), generator=g)[:k]]
+        return out
+
+    ours, rand = [], []
+    for seed in range(3):
+        m = _lowrank_keys_model(seed)
+        ref = _decode_logits(m)
+        ours.append(_rel(_decode_logits(m, policy()), ref))
+        with monkeypatch.context() as mp:
+            mp.setattr(skv.ShadowKVLayer, "_select", random_chunks)
+            rand.append(_rel(_decode_logits(m, policy()), ref))
+    assert max(ours) < 0.6, ours
+    assert sum(ours) < 0.9 * sum(rand), (ours, rand)

@@ -210,3 +210,35 @@ def test_disorientation_quaternion(laue):
         b, c, dd = d[:, 1], d[:, 2], d[:, 3]
         assert ((b >= c - 1e-9) & (c >= dd - 1e-9) & (dd >= -1e-9)).all()
         assert (angle <= math.radians(62.8) + 1e-9).all()
+
+
+def test_misorientation_angle_triton_backend_only_for_kernel_symmetries():
+    """backend='triton' with a symmetry the kernel does not cover is a named error (not a silent torch run);
+    backend='torch' computes it, and None picks torch on CPU."""
+    from ebsd import EBSDValueError
+    from ebsd.orientation import misorientation_angle
+
+    q = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    r = torch.tensor([[np.cos(0.2), np.sin(0.2), 0.0, 0.0]])
+    with pytest.raises(EBSDValueError, match="m-3m and 6/mmm only"):
+        misorientation_angle(q, r, "mmm", backend="triton")
+    for be in ("torch", None):
+        assert float(misorientation_angle(q, r, "mmm", backend=be)[0]) == pytest.approx(0.4, abs=1e-6)
+
+
+def test_disorientation_near_tie_axis_stays_in_the_standard_triangle_float64():
+    """An axis with two components 1e-7 apart: in float64 the tie tolerance (1e-9) must not merge them, so the
+    returned axis keeps b >= c >= d exactly (Mackenzie's triangle); the angle is orix's."""
+    from ebsd.orientation import misorientation, misorientation_angle
+
+    axis = np.array([1.0, 1.0 - 1e-7, 0.0])
+    axis /= np.linalg.norm(axis)
+    h = math.radians(30.0) / 2
+    r = torch.tensor([[math.cos(h), *(math.sin(h) * axis)]], dtype=torch.float64)
+    one = torch.tensor([[1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    d = misorientation(one, r, "m-3m")[0]
+    assert float(d[1]) >= float(d[2]) >= abs(float(d[3])), d
+    assert float(d[1]) - float(d[2]) > 1e-9
+    ang = float(misorientation_angle(one, r, "m-3m")[0])
+    o = Orientation(r.numpy(), symmetry=osym.Oh)
+    assert ang == pytest.approx(float(o.angle_with(Orientation(one.numpy(), symmetry=osym.Oh))[0]), abs=1e-9)

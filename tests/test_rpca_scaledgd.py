@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tensorrpca import RPCAInputError, RPCAParams, RPCAResult, rpca
+from tensorrpca.errors import RPCAConvergenceWarning
 from tensorrpca.scaledgd import relative_change, scaledgd_step, spectral_init
 from tensorrpca.synthetic import synthetic_rpca
 from tensorkernels import tucker_to_tensor
@@ -162,14 +163,21 @@ def test_step_matches_between_backends():
     assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-12) for a, b in zip(ft, fk))
 
 
-# Cells where the data-derived defaults do not reach 1e-5 (seed 2): very low rank with kappa 20 (the weakest
-# component is 1/20 of the strongest on a 50^3 tensor), and 30% corruption of magnitude up to 800x mean|X*|.
-# Kept visible as xfail rather than dropped; see the report in benchmarks/RESULTS.md.
-_HARD = {
-    ((50, 50, 50), (2, 2, 2), 20, 0.05, 100), ((50, 50, 50), (2, 2, 2), 20, 0.2, 10),
-    ((50, 50, 50), (2, 2, 2), 20, 0.3, 1000), ((40, 45, 50), (6, 6, 6), 20, 0.05, 100),
-    ((40, 45, 50), (6, 6, 6), 1, 0.3, 1000), ((40, 45, 50), (6, 6, 6), 20, 0.3, 1000),
+# The defaults grid (seed 2). Every cell is strict: a cell that starts passing or fails differently fails the run.
+# Silent failures of the defaults: very low rank or kappa 20 on a small tensor, where the threshold decays faster
+# than the fit finds the weakest component; rpca ends 5-9 % off and (since issue 23) says so: converged=False
+# and an RPCAConvergenceWarning (the sparse part holds ~99 % of the entries). The grid turns that warning into
+# an error, so these cells xfail with raises=RPCAConvergenceWarning and nothing else.
+_SILENT = {
+    ((50, 50, 50), (2, 2, 2), 20, 0.05, 100): "rank 2, kappa 20: ends at 7.4e-2, S holds 98.8 % of entries",
+    ((50, 50, 50), (2, 2, 2), 20, 0.2, 10): "rank 2, kappa 20: ends at 9.1e-2, S holds 97.7 % of entries",
+    ((50, 50, 50), (2, 2, 2), 20, 0.3, 1000): "rank 2, kappa 20, 30 % x1000: ends at 7.5e-2, S holds 98.8 %",
+    ((40, 45, 50), (6, 6, 6), 20, 0.05, 100): "rank 6, kappa 20 on 40x45x50: ends at 5.4e-2, S holds 99.6 %",
 }
+# Right answer, slow tail: with 30 % corruption at 1000x, the 6x6x6 cells stop on tol (relative change 1e-7)
+# while the error still creeps down: 1.6e-5 (kappa 1) and 1.4e-5 or 2e-7 (kappa 20, depending on the thread
+# count's summation order). Checked against 5e-5 instead of 1e-5; was the stale xfail pair of the old grid.
+_TOL = {((40, 45, 50), (6, 6, 6), 1, 0.3, 1000): 5e-5, ((40, 45, 50), (6, 6, 6), 20, 0.3, 1000): 5e-5}
 _GRID = [
     (shape, ranks, kappa, alpha, mag)
     for shape, ranks in [((60, 70, 80), (3, 4, 5)), ((40, 45, 50), (6, 6, 6)), ((50, 50, 50), (2, 2, 2))]
@@ -178,16 +186,95 @@ _GRID = [
 ]
 
 
+def _grid_param(c):
+    if c in _SILENT:
+        return pytest.param(*c, marks=pytest.mark.xfail(reason=_SILENT[c], strict=True,
+                                                        raises=RPCAConvergenceWarning))
+    return pytest.param(*c)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "shape,ranks,kappa,alpha,mag",
-    [pytest.param(*c, marks=pytest.mark.xfail(reason="known hard corner for the defaults", strict=False))
-     if c in _HARD else c for c in _GRID],
-)
+@pytest.mark.parametrize("shape,ranks,kappa,alpha,mag", [_grid_param(c) for c in _GRID])
 def test_default_thresholds_over_a_grid(shape, ranks, kappa, alpha, mag):
-    """Defaults work without tuning over shapes x ranks x kappa x (alpha, magnitude)."""
+    """Defaults work without tuning over shapes x ranks x kappa x (alpha, magnitude); where they do not, rpca
+    says so (RPCAConvergenceWarning, raised here as an error), and it never says so where they do."""
     p = synthetic_rpca(shape, ranks, kappa=kappa, alpha=alpha, magnitude=mag, seed=2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        warnings.simplefilter("error", RPCAConvergenceWarning)
         res = rpca(p.Y, ranks)
-    assert rel_err(res.low_rank, p.low_rank) <= 1e-5
+    assert res.converged and not res.checks["likely_wrong"]
+    assert abs(res.checks["sparse_fraction"] - alpha) < 0.01      # S holds exactly the corrupted entries
+    assert rel_err(res.low_rank, p.low_rank) <= _TOL.get((shape, ranks, kappa, alpha, mag), 1e-5)
+
+
+@pytest.mark.parametrize("cell", sorted(_SILENT), ids=lambda c: f"{c[1][0]}-k{c[2]}-a{c[3]}")
+def test_rpca_flags_its_silent_failures(cell):
+    """The four cells where the defaults end 5-9 % off: converged=False, the warning names what to try, and the
+    flag is deserved (the error really is large)."""
+    shape, ranks, kappa, alpha, mag = cell
+    p = synthetic_rpca(shape, ranks, kappa=kappa, alpha=alpha, magnitude=mag, seed=2)
+    with pytest.warns(RPCAConvergenceWarning, match="likely wrong") as rec:
+        res = rpca(p.Y, ranks)
+    msg = " ".join(str(w.message) for w in rec)
+    assert "ranks" in msg and "sparsity=" in msg and "decay" in msg
+    assert res.converged is False and res.checks["likely_wrong"]
+    assert res.checks["sparse_fraction"] > 0.9
+    assert rel_err(res.low_rank, p.low_rank) > 1e-2
+
+
+def test_rpca_check_stays_quiet_on_a_good_answer_and_on_no_iterations():
+    p = synthetic_rpca((30, 32, 34), (3, 3, 3), kappa=5, alpha=0.2, seed=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RPCAConvergenceWarning)
+        res = rpca(p.Y, (3, 3, 3))
+        assert res.converged and res.checks["sparse_fraction"] == pytest.approx(0.2, abs=0.005)
+        assert rpca(p.Y, (3, 3, 3), max_iter=0).checks == {}      # nothing ran: nothing claimed
+    # the check needs no truth: a wrong rank on the same data is caught the same way
+    with pytest.warns(RPCAConvergenceWarning, match="likely wrong"):
+        bad = rpca(p.Y, (1, 1, 1))
+    assert not bad.converged
+
+
+def test_default_ranks_tol_zero_and_tol_bounds():
+    """Documented defaults: ranks (5, 5, 5); tol=0 is allowed (run to max_iter, warned), a negative tol is not."""
+    p = synthetic_rpca((12, 13, 14), (5, 5, 5), kappa=2, alpha=0.1, seed=5)
+    res = rpca(p.Y)
+    assert tuple(res.core.shape) == (5, 5, 5) and [tuple(U.shape) for U in res.factors] == [(12, 5), (13, 5), (14, 5)]
+    with pytest.warns(RPCAConvergenceWarning, match="max_iter=3"):
+        r0 = rpca(p.Y, (5, 5, 5), tol=0.0, max_iter=3)
+    assert r0.n_iter == 3 and not r0.converged
+    with pytest.raises(RPCAInputError, match="tol"):
+        rpca(p.Y, (5, 5, 5), tol=-1e-9)
+
+
+def test_default_tol_progress_and_max_iter_validation(capsys):
+    """Documented defaults, observed through behaviour: tol=1e-7 (the run stops at the first relative change below
+    it), no progress bar; max_iter must be a non-bool int >= 0."""
+    p = synthetic_rpca((10, 11, 12), (2, 2, 2), kappa=2, alpha=0.1, seed=6)
+    res = rpca(p.Y, (2, 2, 2))
+    ch = res.rel_changes
+    assert res.converged and ch[-1] < 1e-7 and all(c >= 1e-7 for c in ch[:-1])
+    assert capsys.readouterr().err == ""                              # progress=False by default
+    for bad in (True, -1, 2.5):
+        with pytest.raises(RPCAInputError, match="max_iter"):
+            rpca(p.Y, (2, 2, 2), max_iter=bad)
+
+
+def test_soft_threshold_tensor_zeta_path_matches_float_path():
+    """The differentiable path (zeta a tensor that requires grad) computes the same soft-thresholded step as the
+    float path, and its residual is T_soft(D) - D = -clamp(D, -zeta, zeta) by hand."""
+    from tensorrpca.scaledgd import _residual_tensor_zeta
+
+    D = torch.linspace(-3, 3, 13, dtype=torch.float64)
+    z = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    want = -torch.clamp(D, -1.0, 1.0)
+    torch.testing.assert_close(_residual_tensor_zeta(D, z, "soft").detach(), want)
+    p = synthetic_rpca((8, 9, 10), (2, 2, 2), kappa=2, alpha=0.1, seed=7)
+    Y = torch.as_tensor(p.Y, dtype=torch.float64)
+    f, c = spectral_init(Y, (2, 2, 2), 0.5, mode="soft")
+    f1, c1 = scaledgd_step(Y, f, c, 0.3, 0.5, mode="soft")
+    f2, c2 = scaledgd_step(Y, f, c, torch.tensor(0.3, dtype=torch.float64, requires_grad=True), 0.5, mode="soft")
+    torch.testing.assert_close(c2.detach(), c1, atol=1e-10, rtol=1e-10)
+    for a, b in zip(f2, f1):
+        torch.testing.assert_close(a.detach(), b, atol=1e-10, rtol=1e-10)

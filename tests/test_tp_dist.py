@@ -93,10 +93,17 @@ def results():
     return out, ref
 
 
-def test_print_errors(results):
+def test_errors_ordered_by_wire_precision(results):
+    """Per-reduction error vs the exact fp32 sum follows the wire precision: fp32 exact, then bf16 (8-bit
+    mantissa: <= 2**-8 relative RMS), int8 below int4, and every lossy codec's logit error grows with it."""
     out, ref = results
-    for n in CODECS:
-        print(n, "logits", _rel(out[0][n], ref), "site", out[0][n + ".site_err"], "bits", out[0][n + ".bits"])
+    site = {n: out[0][n + ".site_err"] for n in CODECS}
+    assert site["fp32"] < 1e-6, site
+    assert site["bf16"] < 2 ** -8, site
+    assert site["bf16"] < site["int8"] < site["int4"], site
+    assert site["ours"] < site["int4"], site
+    logit = {n: _rel(out[0][n], ref) for n in CODECS}
+    assert logit["fp32"] < logit["bf16"] < logit["int8"] < logit["int4"], logit
 
 
 def _rel(a, b):

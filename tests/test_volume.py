@@ -61,3 +61,41 @@ def test_to_always_copies():
     w.confidence[0, 0, 0] = 0.25
     w.quaternions[0, 0, 0] = torch.tensor([1.0, 0, 0, 0])
     assert float(v.confidence[0, 0, 0]) == 1.0 and not torch.equal(v.quaternions[0, 0, 0], w.quaternions[0, 0, 0])
+
+
+def _two_phase(seed=2):
+    q = _q((3, 4, 5), seed=seed)
+    phases = torch.ones(3, 4, 5, dtype=torch.int32)
+    phases[:, :, 3:] = 2
+    g = torch.Generator().manual_seed(seed)
+    return EBSDVolume(q, phases=phases, phase_info={1: Phase("Ni", "m-3m"), 2: Phase("Ti", "6/mmm")},
+                      confidence=torch.rand(3, 4, 5, generator=g), image_quality=100 * torch.rand(3, 4, 5, generator=g))
+
+
+@pytest.mark.parametrize("field", ["quaternion", "phase", "confidence", "image_quality", "valid", "spacing"])
+def test_equals_rejects_one_differing_voxel(field):
+    """Round-trip tests rely on equals: it must notice a single voxel that differs in any one field."""
+    v = _two_phase()
+    c = v.copy()
+    assert v.equals(c) and c.equals(v)
+    if field == "quaternion":
+        # 2 deg about x of one voxel: far beyond float rounding, far below 'a different grain'
+        h = np.radians(2.0) / 2
+        r = torch.tensor([np.cos(h), np.sin(h), 0.0, 0.0], dtype=torch.float32)
+        a = c.quaternions[1, 2, 3]
+        w = r[0] * a[0] - (r[1:] * a[1:]).sum()
+        xyz = r[0] * a[1:] + a[0] * r[1:] + torch.linalg.cross(r[1:], a[1:])
+        c.quaternions[1, 2, 3] = torch.cat([w.view(1), xyz])
+        assert v.equals(c, atol=0.05) and not v.equals(c, atol=1e-3)
+    elif field == "phase":
+        c.phases[2, 0, 0] = 2
+    elif field == "confidence":
+        c.confidence[0, 3, 4] += 0.01
+    elif field == "image_quality":
+        c.image_quality[1, 1, 1] += 1.0
+    elif field == "valid":
+        c.valid[0, 0, 0] = False
+    elif field == "spacing":
+        c = EBSDVolume(v.quaternions, phases=v.phases, phase_info=v.phase_info, confidence=v.confidence,
+                       image_quality=v.image_quality, spacing=(1.0, 1.0, 1.5))
+    assert not v.equals(c) and not c.equals(v), field
