@@ -216,6 +216,8 @@ def test_recovered_voxels_next_to_an_unindexed_slice_get_the_grains_phase():
         assert not new.measured[12:14].any() and new.measured[11].all()
         # CI / IQ are those of the measured voxels the orientations came from (slice 14 here)
         assert torch.allclose(new.confidence[12:14], vol.confidence[14].expand(2, -1, -1)) or method == "auto"
+        assert torch.allclose(new.image_quality[12:14], vol.image_quality[14].expand(2, -1, -1)) or method == "auto"
+        assert (new.image_quality[12:14] > 0).all() and (new.confidence[12:14] > 0).all()  # filled, never blank
     indexed = int((new.valid & (new.phases > 0)).sum())
     assert indexed == int(new.valid.sum())  # 'indexed voxels' and 'fraction indexed' agree
 
