@@ -238,9 +238,10 @@ class RecoverSlicesWidget(QWidget):
                         method, check = choose_method(vol, missing, project=project)
                         if job.is_set():
                             return None
-                    current, details = recover_missing_slices(
+                    current, details = recover_missing_slices(  # the other runs stay gaps, as in the self-check
                         current, missing=run, project=project, progress=False, return_details=True,
-                        method=method, self_check=0, **((check or {}).get("settings") or {}),
+                        method=method, self_check=0, unknown=[z for z in missing if z not in run],
+                        **((check or {}).get("settings") or {}),
                     )
                     dis = details.get("disagreement_deg") if isinstance(details, dict) else None
                     if dis is not None:

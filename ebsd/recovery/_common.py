@@ -116,8 +116,9 @@ def _source_map(vol, z: int, lo: int | None, hi: int | None) -> torch.Tensor:
 def source_fields(vol, lo: int | None, hi: int | None, src: torch.Tensor):
     """Phase id, CI, IQ ``(Y, X)`` each and ``ok`` ``(Y, X)`` bool of recovered voxels whose orientation came
     from ``src`` (0: the voxel below, slice ``lo``; 1: above, ``hi``; 2: both (CI/IQ averaged, phase of
-    ``lo``); -1: none, take the nearest in-plane voxel that has a source). ``ok`` is False only where no
-    voxel of the slice has a source (both neighbours entirely unindexed)."""
+    ``lo``); -1: none, take the nearest in-plane voxel that has a source). ``ok`` (valid) is the source
+    voxels' own validity (a baseline that copied an unindexed voxel gives an unindexed voxel), and for -1 it
+    is False only where no voxel of the slice has a source (both neighbours entirely unindexed)."""
     from .blend import _fill_from_neighbours
 
     Y, X = src.shape
@@ -133,10 +134,19 @@ def source_fields(vol, lo: int | None, hi: int | None, src: torch.Tensor):
         fb = torch.stack([vol.phases[lo].float(), (vol.confidence[lo] + vol.confidence[hi]) / 2,
                           (vol.image_quality[lo] + vol.image_quality[hi]) / 2], -1)
         feats = torch.where(both[..., None], fb, feats)
-    have = src.to(dev) >= 0
+    s = src.to(dev)
+    have = s >= 0
     if not bool(have.all()):
         feats = _fill_from_neighbours(feats, have)
+    # valid where the source voxel(s) are indexed; a voxel filled from in-plane neighbours is valid if any
+    # voxel of the slice had a source
     ok = torch.full((Y, X), bool(have.any()), dtype=torch.bool, device=dev)
+    if lo is not None:
+        ok = torch.where(s == 0, vol.valid[lo], ok)
+    if hi is not None:
+        ok = torch.where(s == 1, vol.valid[hi], ok)
+    if lo is not None and hi is not None:
+        ok = torch.where(s == 2, vol.valid[lo] & vol.valid[hi], ok)
     return feats[..., 0].round().to(torch.int32), feats[..., 1], feats[..., 2], ok
 
 

@@ -12,7 +12,8 @@ Methods (``method=``):
 * ``"auto"`` (default): the self-check (:mod:`ebsd.recovery.selfcheck`) hides known sections of the user's own
   volume (runs of the same length as the gaps), recovers them with every method above (and, with
   ``adapt_seconds > 0``, with a copy of the network fine-tuned on the volume itself), measures the
-  misorientation to the hidden measured sections, and uses the method with the lowest mean. Since slerp and
+  misorientation to the hidden measured sections, and uses the method with the lowest mean (keeping the plain
+  blend when the winner beats it by less than 5 % and the blend is no worse than slerp and nearest). Since slerp and
   nearest are among the candidates, the choice is never worse than interpolation on those sections.
 """
 from __future__ import annotations
@@ -35,7 +36,8 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "data" / "slice_recov
 # inference settings used when the checkpoint's config.json does not say (keys of its "inference" entry)
 DEFAULT_INFERENCE = {"tile": 48, "overlap": 8, "context": 2, "threshold_deg": 5.0, "radius": 3,
                      "spatial_weight": 1.0, "z_weight": 2.0, "smooth": 0,
-                     "blend_threshold_deg": 5.0, "blend_radius": 4, "blend_outer_weight": 0.5, "guess_weight": 1.0}
+                     "blend_threshold_deg": 5.0, "blend_radius": 4, "blend_outer_weight": 0.5, "guess_weight": 1.0,
+                     "z_ratio": None}
 
 METHODS = ("auto", "blend", "network-blend", "network", "slerp", "nearest")
 
@@ -159,24 +161,24 @@ def run_method(method: str, vol, missing: list[int], cfg: dict, net: SliceRecove
                 if raw_cache is not None:
                     raw_cache[key] = guess
             raw.update(zip(zs, guess))
-        if method == "nearest" or ((lo is None or hi is None) and method != "network"):
-            for z, t in zip(zs, ts):  # at a volume edge only one neighbour exists: copy it
-                side = lo if (hi is None or (lo is not None and t <= 0.5)) else hi
-                filled[z] = vol.quaternions[side].clone()
-            continue
-        if method == "slerp":
+        if method in ("nearest", "slerp") or ((lo is None or hi is None) and method != "network"):
             for z, t in zip(zs, ts):
-                filled[z] = slerp(vol.quaternions[lo], vol.quaternions[hi], t, sym)
-        elif method in ("blend", "network-blend"):
-            def outer(k):  # the known section one further out, if it is known
-                if 0 <= k < Z and k not in mset:
+                q, src = _copy_or_slerp(vol, lo, hi, t, "slerp" if method == "slerp" else "nearest", sym)
+                filled[z], sources[z] = q, src
+            continue
+        if method in ("blend", "network-blend"):
+            from .selfcheck import _trusted
+
+            def outer(k):  # the known section one further out, if it is known and trustworthy
+                if 0 <= k < Z and k not in mset and _trusted(vol, k):
                     return vol.quaternions[k], vol.valid[k], vol.phases[k]
                 return None
 
             res = blend_sections(
                 vol.quaternions[lo], vol.valid[lo], vol.quaternions[hi], vol.valid[hi], ts, vol.symmetries,
                 phases_lo=vol.phases[lo], phases_hi=vol.phases[hi], threshold_deg=float(cfg["blend_threshold_deg"]),
-                radius=blend_radius(vol, cfg, ratio), guess=guess if method == "network-blend" else None,
+                radius=blend_radius(vol, cfg, ratio if ratio is not None else cfg.get("z_ratio")),
+                guess=guess if method == "network-blend" else None,
                 guess_weight=float(cfg["guess_weight"]), outer_lo=outer(lo - 1), outer_hi=outer(hi + 1),
                 outer_weight=float(cfg["blend_outer_weight"]))
             filled.update(zip(zs, res.quaternions))
@@ -196,6 +198,37 @@ def run_method(method: str, vol, missing: list[int], cfg: dict, net: SliceRecove
     return filled, sources, raw
 
 
+def _copy_or_slerp(vol, lo, hi, t: float, mode: str, sym: str):
+    """``(q (Y, X, 4), source (Y, X) int8)`` for one recovered slice at gap position ``t``: ``"nearest"``
+    copies the nearer known neighbour (0 = ``lo``, 1 = ``hi``), ``"slerp"`` interpolates where both are indexed
+    (source 2); where the preferred side is not indexed the other side's voxel is used, and voxels indexed in
+    neither take the result of the nearest in-plane voxel that has one (so an unindexed voxel is never
+    passed off as a recovered orientation)."""
+    from .blend import _fill_from_neighbours
+
+    Y, X = vol.shape[1:]
+    dev = vol.device
+    sides = [(c, k) for c, k in ((0, lo), (1, hi)) if k is not None]
+    if len(sides) == 2 and t > 0.5:
+        sides = sides[::-1]
+    q = torch.zeros(Y, X, 4, dtype=vol.quaternions.dtype, device=dev)
+    q[..., 0] = 1
+    src = torch.full((Y, X), -1, dtype=torch.int8, device=dev)
+    for code, k in reversed(sides):  # the preferred side is written last
+        v = vol.valid[k]
+        q = torch.where(v[..., None], vol.quaternions[k], q)
+        src = torch.where(v, torch.full_like(src, code), src)
+    if mode == "slerp" and lo is not None and hi is not None:
+        both = vol.valid[lo] & vol.valid[hi]
+        sl = slerp(vol.quaternions[lo], vol.quaternions[hi], t, sym)
+        q = torch.where(both[..., None], sl, q)
+        src = torch.where(both, torch.full_like(src, 2), src)
+    have = src >= 0
+    if bool(have.any()) and not bool(have.all()):
+        q = _fill_from_neighbours(q, have)
+    return q, src
+
+
 def method_of(label: str) -> str:
     """The ``method=`` value that reproduces a self-check label (``"blend (dz/dx = 2.0 estimated)"`` ->
     ``"blend"``, ``"transformer+projection (adapted)"`` -> ``"network"``; the adaptation is not kept)."""
@@ -212,7 +245,7 @@ def _method_name(method: str, project: bool) -> str:
 def recover_missing_slices(vol, missing=None, model="default", project: bool = True, device=None,
                            batch_size: int = 16, progress: bool = True, return_details: bool = False,
                            method: str = "auto", self_check: int = 8, adapt_seconds: float | None = None,
-                           seed: int = 0, **settings):
+                           seed: int = 0, unknown=(), **settings):
     """Recover missing (or bad) slices of a volume; by default the method is chosen by a self-check on the
     volume itself (see the module docstring).
 
@@ -238,10 +271,13 @@ def recover_missing_slices(vol, missing=None, model="default", project: bool = T
             known sections, self-supervised; the self-check's hidden sections are never used). None: 5 s on
             CUDA, 0 on CPU. The self-check then also measures the adapted network and says whether it helped.
         seed: seed of the adaptation.
+        unknown: other slice indices to treat as unknown (never used as neighbours, context or self-check
+            truth) but not to recover here: for callers that recover the gaps of one volume run by run.
         **settings: override inference settings (``tile``, ``overlap``, ``context``, ``threshold_deg``,
             ``radius``, ``spatial_weight``, ``z_weight``, ``smooth`` for the network and projection;
             ``blend_threshold_deg`` (deg), ``blend_radius`` (voxels at ``dz = dx``), ``blend_outer_weight``
-            (weight of the sections one further out), ``guess_weight`` for the blend).
+            (weight of the sections one further out), ``guess_weight``, ``z_ratio`` (section spacing in
+            in-plane steps; None: from ``vol.spacing``) for the blend).
 
     Returns:
         A new :class:`EBSDVolume`: recovered slices filled; each recovered voxel is ``valid`` and not
@@ -262,6 +298,7 @@ def recover_missing_slices(vol, missing=None, model="default", project: bool = T
 
         missing = find_bad_slices(vol)
     missing = check_missing(vol, missing)
+    unknown = [z for z in (check_missing(vol, unknown) if len(unknown) else []) if z not in set(missing)]
     if method not in METHODS:
         raise EBSDValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if not (isinstance(self_check, int) and self_check >= 0):
@@ -275,9 +312,9 @@ def recover_missing_slices(vol, missing=None, model="default", project: bool = T
             return new, {"recovered_slices": [], "method": None, "self_check": None, "spacing": None,
                          "disagreement_deg": np.zeros((0, *vol.shape[1:]), np.float32)}
         return new
-    unknown = set(settings) - set(DEFAULT_INFERENCE)
-    if unknown:
-        raise EBSDValueError(f"unknown inference settings {sorted(unknown)}; known: {sorted(DEFAULT_INFERENCE)}")
+    bad_keys = set(settings) - set(DEFAULT_INFERENCE)
+    if bad_keys:
+        raise EBSDValueError(f"unknown inference settings {sorted(bad_keys)}; known: {sorted(DEFAULT_INFERENCE)}")
     for key in ("tile", "radius", "blend_radius"):
         if key in settings and not (isinstance(settings[key], int) and settings[key] >= 1):
             raise EBSDValueError(f"{key} must be an integer >= 1, got {settings[key]!r}")
@@ -305,21 +342,27 @@ def recover_missing_slices(vol, missing=None, model="default", project: bool = T
     elif multi:
         net_note = "network methods skipped: the volume has several phases (they use one symmetry)"
     cfg = dict(cfg, **settings)
+    if net is not None and method == "auto":
+        longest = max(b - a + 1 for a, b in runs(sorted(set(missing) | set(unknown))))
+        if longest + 2 * int(cfg["context"]) > net.config.max_z:
+            net, net_note = None, (f"network methods skipped: a gap of {longest} slices is longer than the "
+                                   f"network's window (max_z {net.config.max_z})")
     if adapt_seconds is None:
         adapt_seconds = 5.0 if device.type == "cuda" else 0.0
     work = vol.to(device)
     mset = set(missing)
+    every = sorted(mset | set(unknown))  # gaps as the methods see them (unknown slices are gaps too)
     given_ratio = vol.spacing[0] / max(vol.spacing[1], vol.spacing[2])
-    est_ratio = estimate_section_ratio(work, exclude=mset)
+    est_ratio = estimate_section_ratio(work, exclude=every)
     spacing_info = {"given_ratio": given_ratio, "estimated_ratio": est_ratio}
 
     report = None
     chosen, chosen_net, chosen_ratio = method, net, None
     if self_check > 0 and (method == "auto" or return_details):
-        report = _self_check(work, missing, net if method in ("auto", "network", "network-blend") else None,
+        report = _self_check(work, every, net if method in ("auto", "network", "network-blend") else None,
                              cfg, methods=None if method == "auto" else [method], n_runs=self_check,
                              project=project, batch_size=batch_size, adapt_seconds=adapt_seconds if
-                             method == "auto" else 0.0, seed=seed, progress=progress, est_ratio=est_ratio)
+                             method == "auto" else 0.0, seed=seed, progress=progress)
         if report is not None and net_note:
             report["note"] = net_note
         if method == "auto" and report is not None:
@@ -334,11 +377,15 @@ def recover_missing_slices(vol, missing=None, model="default", project: bool = T
     if progress and chosen in ("network", "network-blend"):
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=n_tiles(chosen_net, vol.shape, cfg) * len(runs(missing)), desc="recovering slices",
+        bar = tqdm(total=n_tiles(chosen_net, vol.shape, cfg) * len(runs(every)), desc="recovering slices",
                    unit="tile")
     try:
-        filled, sources, raw = run_method(chosen, work, missing, cfg, chosen_net, project, batch_size, bar,
+        filled, sources, raw = run_method(chosen, work, every, cfg, chosen_net, project, batch_size, bar,
                                           ratio=chosen_ratio)
+        keep = set(missing)  # the unknown slices were gaps for the methods; only the asked ones are filled
+        filled = {z: q for z, q in filled.items() if z in keep}
+        sources = {z: q for z, q in sources.items() if z in keep}
+        raw = {z: q for z, q in raw.items() if z in keep}
     finally:
         if bar is not None:
             bar.close()
@@ -360,9 +407,9 @@ def recover_missing_slices(vol, missing=None, model="default", project: bool = T
         if z in raw:
             dis.append(misorientation_deg(raw[z].to(vol.device), filled[z], vol.symmetry))
         else:
-            lo, hi = gap_neighbours(next(r for r in runs(missing) if r[0] <= z <= r[1]), vol.shape[0], mset)
+            lo, hi = gap_neighbours(next(r for r in runs(every) if r[0] <= z <= r[1]), vol.shape[0], set(every))
             if lo is None or hi is None:
-                dis.append(torch.zeros(vol.shape[1:]))
+                dis.append(torch.zeros(vol.shape[1:], device=vol.device))
             else:
                 dis.append(misorientation_deg(vol.quaternions[lo], vol.quaternions[hi], vol.symmetry))
     details = {"recovered_slices": missing, "method": name, "self_check": public, "spacing": spacing_info,
@@ -376,7 +423,7 @@ def choose_method(vol, missing, model="default", project: bool = True, device=No
     ``(method, report)``: the ``method=`` value to pass for the real gaps (``"blend"`` when no self-check is
     possible; an adapted network's choice maps to its plain method) and the public report (None without a
     self-check). For callers that recover run by run (the napari widget) and want one choice for all."""
-    from .selfcheck import estimate_section_ratio, self_check as _self_check
+    from .selfcheck import self_check as _self_check
 
     missing = check_missing(vol, missing)
     device = torch.device(device) if device is not None else vol.device
@@ -387,15 +434,17 @@ def choose_method(vol, missing, model="default", project: bool = True, device=No
         except EBSDValueError:
             net = None
     cfg = dict(cfg, **settings)
+    if net is not None and missing and max(b - a + 1 for a, b in runs(missing)) + 2 * int(cfg["context"]) > net.config.max_z:
+        net = None  # a gap longer than the network's window
     work = vol.to(device)
     if not missing or self_check <= 0:
         return "blend", None
     report = _self_check(work, missing, net, cfg, n_runs=self_check, project=project, batch_size=batch_size,
-                         adapt_seconds=adapt_seconds, est_ratio=estimate_section_ratio(work, exclude=missing))
+                         adapt_seconds=adapt_seconds)
     if report is None:
         return "blend", None
+    # the winner's blend settings (report["settings"]) must be passed on as **settings
     return method_of(report["method"]), {k: v for k, v in report.items() if not k.startswith("_")}
-    # note: the winner's blend settings are in report["settings"]; pass them on as **settings
 
 
 def expected_error_line(check: dict | None) -> str:

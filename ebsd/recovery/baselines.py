@@ -25,12 +25,18 @@ def _nearest_guess(vol, run, lo, hi) -> dict[int, torch.Tensor]:
 
 
 def nearest_slice(vol, missing):
-    """Fill each missing slice with a copy of the nearest known slice."""
+    """Fill each missing slice with a copy of the nearest known slice (as it is: an unindexed voxel there
+    gives an unindexed voxel here; ``recover_missing_slices(method="nearest")`` takes the indexed side)."""
     missing = check_missing(vol, missing)
-    filled = {}
+    filled, sources = {}, {}
     for run in runs(missing):
-        filled.update(_nearest_guess(vol, run, *gap_neighbours(run, vol.shape[0], set(missing))))
-    return filled_volume(vol, filled, "nearest_slice")
+        lo, hi = gap_neighbours(run, vol.shape[0], set(missing))
+        filled.update(_nearest_guess(vol, run, lo, hi))
+        for z in range(run[0], run[1] + 1):
+            t = gap_position(z, lo, hi)
+            sources[z] = torch.full(vol.shape[1:], 0 if (hi is None or (lo is not None and t <= 0.5)) else 1,
+                                    dtype=torch.int8, device=vol.device)
+    return filled_volume(vol, filled, "nearest_slice", sources)
 
 
 def slerp(q0: torch.Tensor, q1: torch.Tensor, t: float, symmetry: str) -> torch.Tensor:
@@ -51,16 +57,18 @@ def slerp_neighbours(vol, missing):
     one that exists at a volume edge)."""
     missing = check_missing(vol, missing)
     sym = vol.symmetry
-    filled = {}
+    filled, sources = {}, {}
     for run in runs(missing):
         lo, hi = gap_neighbours(run, vol.shape[0], set(missing))
         for z in range(run[0], run[1] + 1):
             t = gap_position(z, lo, hi)
             if lo is None or hi is None:
                 filled[z] = vol.quaternions[lo if hi is None else hi].clone()
+                sources[z] = torch.full(vol.shape[1:], 0 if hi is None else 1, dtype=torch.int8, device=vol.device)
             else:
                 filled[z] = slerp(vol.quaternions[lo], vol.quaternions[hi], t, sym)
-    return filled_volume(vol, filled, "slerp")
+                sources[z] = torch.full(vol.shape[1:], 2, dtype=torch.int8, device=vol.device)
+    return filled_volume(vol, filled, "slerp", sources)
 
 
 def adjacent_grains(vol, run, lo, hi, threshold_deg: float = 5.0):

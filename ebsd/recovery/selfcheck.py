@@ -3,7 +3,8 @@
 * :func:`hidden_runs` picks known sections to hide: runs of the same lengths as the gaps, each with known
   neighbours on both sides, spread over the volume, never next to a real gap or to each other.
 * :func:`self_check` recovers the hidden sections with every candidate method and measures the
-  misorientation to the measured sections (mean, median, fraction within 5 deg); the lowest mean wins.
+  misorientation to the measured sections (mean, median, fraction within 5 deg); the lowest mean wins
+  (the plain blend is kept when the winner is less than 5 % better and it is no worse than interpolation).
   The winner's numbers are the expected error on the real gaps.
 * :func:`adapt_network` fine-tunes a copy of the slice-recovery network on the volume's known sections,
   self-supervised (hide a run of known sections, learn to recover it), within a time budget; the self-check's
@@ -122,12 +123,13 @@ def estimate_section_ratio(vol, exclude=(), angle_deg: float = 5.0, max_pairs: i
 
 
 def adapt_network(net, vol, exclude, lengths, seconds: float, cfg: dict, seed: int = 0, lr: float = 2e-4,
-                  batch_size: int = 8, visible_weight: float = 0.1) -> tuple[torch.nn.Module, dict]:
+                  batch_size: int = 8, visible_weight: float = 0.1,
+                  max_steps: int | None = None) -> tuple[torch.nn.Module, dict]:
     """A copy of ``net`` fine-tuned for ``seconds`` on ``vol``: windows of ``2 * context + g`` sections
     (``g`` from ``lengths``) in which a run of ``g`` known sections is hidden and recovered, loss
     :func:`~ebsd.recovery.model.symmetric_quaternion_loss` against the measured orientations (indexed voxels
     only). Sections in ``exclude`` (real gaps, self-check sections) are masked in every input and never a
-    target. Returns ``(model in eval mode, info)``, ``info``: ``steps``, ``seconds``, ``loss_first``,
+    target. ``max_steps`` caps the steps (the time budget still applies). Returns ``(model in eval mode, info)``, ``info``: ``steps``, ``seconds``, ``loss_first``,
     ``loss_last`` (mean over the first / last 10 steps, or a third of them when fewer than 30)."""
     from .model import prepare_input, symmetric_quaternion_loss
 
@@ -163,7 +165,7 @@ def adapt_network(net, vol, exclude, lengths, seconds: float, cfg: dict, seed: i
     losses = []
     t0 = time.perf_counter()  # the budget counts training steps (not the one-off import of torch.optim)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
-    while time.perf_counter() - t0 < seconds:
+    while time.perf_counter() - t0 < seconds and (max_steps is None or len(losses) < max_steps):
         g = rng.choice(list(options))
         xs, ms, ws, ts = [], [], [], []
         for _ in range(batch_size):
@@ -199,11 +201,21 @@ def adapt_network(net, vol, exclude, lengths, seconds: float, cfg: dict, seed: i
 
 
 def _score(filled: dict, vol, hidden: list[int]) -> dict:
+    """Misorientation (deg) of ``filled[z]`` to the measured section ``z`` over its indexed, measured voxels,
+    each with the symmetry of its own (measured) phase."""
     errs = []
+    syms = vol.symmetries
     for z in hidden:
         m = vol.valid[z] & vol.measured[z]
-        if bool(m.any()):
+        if not bool(m.any()):
+            continue
+        if len(syms) <= 1:
             errs.append(misorientation_deg(filled[z][m], vol.quaternions[z][m], vol.symmetry).float().reshape(-1))
+            continue
+        for pid, sym in syms.items():
+            mp = m & (vol.phases[z] == pid)
+            if bool(mp.any()):
+                errs.append(misorientation_deg(filled[z][mp], vol.quaternions[z][mp], sym).float().reshape(-1))
     e = torch.cat(errs) if errs else torch.zeros(0)
     if e.numel() == 0:
         return {"mean_deg": float("nan"), "median_deg": float("nan"), "within5": float("nan"), "n_voxels": 0}
@@ -213,7 +225,7 @@ def _score(filled: dict, vol, hidden: list[int]) -> dict:
 
 def self_check(vol, missing, net, cfg: dict, methods=None, n_runs: int = 8, project: bool = True,
                batch_size: int = 16, adapt_seconds: float = 0.0, seed: int = 0, progress: bool = False,
-               est_ratio: float | None = None, adapt_lr: float = 2e-4, prefer_margin: float = 0.05) -> dict | None:
+               adapt_lr: float = 2e-4, prefer_margin: float = 0.05) -> dict | None:
     """Hide known runs (:func:`hidden_runs`), recover them with each candidate method, score against the
     measured sections. ``methods``: None for all candidates (nearest, slerp, blend, blend at the estimated
     spacing when it differs from the given one, and, with ``net``, network and network-blend, and their
@@ -246,8 +258,12 @@ def self_check(vol, missing, net, cfg: dict, methods=None, n_runs: int = 8, proj
                   (f"blend (grains at {2 * thr:g} deg)", "blend", None, None, {"blend_threshold_deg": 2 * thr}),
                   (f"blend (radius {2 * rad})", "blend", None, None, {"blend_radius": 2 * rad}),
                   ("blend (2 sections)", "blend", None, None, {"blend_outer_weight": 0.0})]
+        est_ratio = estimate_section_ratio(vol, exclude=all_missing)  # never reads the hidden sections
         if est_ratio is not None and blend_radius(vol, cfg, est_ratio) != blend_radius(vol, cfg):
-            cands.append((f"blend (dz/dx = {est_ratio:.2f} estimated)", "blend", None, est_ratio, {}))
+            cands.append((f"blend (dz/dx = {est_ratio:.2f} estimated)", "blend", None, None, {"z_ratio": est_ratio}))
+        ctx = int(cfg["context"])
+        if net is not None and max(b - a + 1 for a, b in runs(all_missing)) + 2 * ctx > net.config.max_z:
+            net = None  # a gap longer than the network's window: the network methods cannot run here
         if net is not None:
             cands += [(_method_name("network", project), "network", net, None, {}),
                       ("network-blend", "network-blend", net, None, {})]
