@@ -199,7 +199,9 @@ class EBSDVolume:
         )
 
     def equals(self, other: "EBSDVolume", atol: float = 0.0) -> bool:
-        """Same shape, fields and phases; orientations equal up to ``q ~ -q`` within ``atol``."""
+        """Same shape, fields, phase ids with the same symmetries, and measured/valid flags; orientations equal up
+        to ``q ~ -q`` within ``atol``. (Phase names and lattice constants are not compared: formats differ in
+        how many digits and characters they keep.)"""
         if self.shape != other.shape:
             return False
         dq = torch.minimum(
@@ -214,6 +216,7 @@ class EBSDVolume:
             and torch.equal(self.valid, other.valid)
             and torch.equal(self.measured, other.measured)
             and np.allclose(self.spacing, other.spacing)
+            and self.symmetries == other.symmetries  # same phase ids with the same Laue classes
         )
 
     def __repr__(self) -> str:

@@ -72,7 +72,8 @@ def _two_phase(seed=2):
                       confidence=torch.rand(3, 4, 5, generator=g), image_quality=100 * torch.rand(3, 4, 5, generator=g))
 
 
-@pytest.mark.parametrize("field", ["quaternion", "phase", "confidence", "image_quality", "valid", "spacing"])
+@pytest.mark.parametrize("field", ["quaternion", "phase", "confidence", "image_quality", "valid", "spacing",
+                                   "measured", "symmetry"])
 def test_equals_rejects_one_differing_voxel(field):
     """Round-trip tests rely on equals: it must notice a single voxel that differs in any one field."""
     v = _two_phase()
@@ -98,4 +99,10 @@ def test_equals_rejects_one_differing_voxel(field):
     elif field == "spacing":
         c = EBSDVolume(v.quaternions, phases=v.phases, phase_info=v.phase_info, confidence=v.confidence,
                        image_quality=v.image_quality, spacing=(1.0, 1.0, 1.5))
+    elif field == "measured":
+        c.measured[0, 1, 1] = False
+    elif field == "symmetry":  # same voxels, one phase declared with another Laue class
+        pid = max(c.phase_info)
+        c.phase_info[pid] = Phase(c.phase_info[pid].name, "4/mmm" if c.phase_info[pid].symmetry != "4/mmm" else "mmm",
+                                  c.phase_info[pid].lattice)
     assert not v.equals(c) and not c.equals(v), field
