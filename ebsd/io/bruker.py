@@ -31,14 +31,14 @@ import h5py
 import numpy as np
 import torch
 
-from ..errors import EBSDFormatError, EBSDValueError
+from ..errors import EBSDFormatError
 from ..volume import EBSDVolume, Phase
 from ._common import (
     FormatContext, assemble_volume, check_z_spacing, euler_rows_to_quat, fmt_error, laue_from_space_group,
     natural_key, progress_bar,
 )
 from ._grid import infer_step
-from .h5oim import scalar
+from .h5oim import phase_groups, scalar, select_scans
 
 __all__ = ["read_bruker_h5", "is_bruker", "list_bruker_scans"]
 
@@ -83,18 +83,8 @@ def list_bruker_scans(f: h5py.File) -> list[str]:
 
 
 def _phases(path, hdr: h5py.Group) -> dict[int, Phase]:
-    pg = hdr.get("Phases")
-    if not isinstance(pg, h5py.Group):
-        raise fmt_error(path, f"{hdr.name} has no Phases group; the crystal symmetry is unknown")
     info: dict[int, Phase] = {}
-    for key in sorted(pg.keys(), key=natural_key):
-        g = pg[key]
-        if not isinstance(g, h5py.Group):
-            continue
-        try:
-            pid = int(key)
-        except ValueError:
-            raise fmt_error(path, f"{g.name}: phase group name {key!r} is not an integer id") from None
+    for pid, g in phase_groups(path, hdr):
         if pid < 1:
             raise fmt_error(path, f"{g.name}: phase id {pid} < 1 (0 means not indexed)")
         it = scalar(path, g, ("IT",), "i")
@@ -112,7 +102,7 @@ def _phases(path, hdr: h5py.Group) -> dict[int, Phase]:
             lat = tuple(float(v) for v in a)
         info[pid] = Phase(name=name, symmetry=sym, lattice=lat)
     if not info:
-        raise fmt_error(path, f"{pg.name} defines no phase")
+        raise fmt_error(path, f"{hdr.name}/Phases defines no phase")
     return info
 
 
@@ -194,15 +184,7 @@ def _read(f, path, scan, z_spacing, progress) -> EBSDVolume:
     scans = list_bruker_scans(f)
     if not scans:
         raise fmt_error(path, "no <scan>/EBSD/Data + EBSD/Header groups; not a Bruker h5ebsd file")
-    if scan is not None:
-        if isinstance(scan, int) and not isinstance(scan, bool):
-            if not -len(scans) <= scan < len(scans):
-                raise EBSDValueError(f"{path}: scan index {scan} out of range; the file has {scans}")
-            scans = [scans[scan]]
-        elif str(scan) in scans:
-            scans = [str(scan)]
-        else:
-            raise EBSDValueError(f"{path}: no scan {scan!r}; the file has {scans}")
+    scans = select_scans(path, scans, scan)
     layouts = [_scan_layout(f, path, s) for s in scans]
     phase_info = _phases(path, f[scans[0]]["EBSD/Header"])
     Y, X, dx, dy = layouts[0][:4]

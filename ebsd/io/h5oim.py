@@ -220,21 +220,43 @@ def read_h5oim(path, scan=None, z_spacing: float | None = None, progress: bool =
             return _read(f, path, scan, z_spacing, progress)
 
 
+def select_scans(path, scans: list[str], scan, what: str = "scan") -> list[str]:
+    """The scan groups to read: all of ``scans`` (``scan=None``), or the one named or indexed by ``scan``
+    (:class:`EBSDValueError` naming the file's scans otherwise). Shared by the HDF5 readers."""
+    if scan is None:
+        return list(scans)
+    if isinstance(scan, int) and not isinstance(scan, bool):
+        if not -len(scans) <= scan < len(scans):
+            raise EBSDValueError(f"{path}: {what} index {scan} out of range; the file has {len(scans)} {what}s {scans}")
+        return [scans[scan]]
+    if str(scan) in scans:
+        return [str(scan)]
+    raise EBSDValueError(f"{path}: no {what} {scan!r}; the file has {scans}")
+
+
+def phase_groups(path, hdr: h5py.Group):
+    """``(phase id, group)`` of each integer-named subgroup of ``hdr/Phases`` in natural order
+    (:func:`fmt_error` when the Phases group is missing or a name is not an integer). Shared by the HDF5
+    readers that store one group per phase."""
+    pg = hdr.get("Phases")
+    if not isinstance(pg, h5py.Group):
+        raise fmt_error(path, f"{hdr.name} has no Phases group; the crystal symmetry is unknown")
+    for key in sorted(pg.keys(), key=natural_key):
+        g = pg[key]
+        if not isinstance(g, h5py.Group):
+            continue
+        try:
+            pid = int(key)
+        except ValueError:
+            raise fmt_error(path, f"{g.name}: phase group name {key!r} is not an integer id") from None
+        yield pid, g
+
+
 def _read(f, path, scan, z_spacing, progress) -> EBSDVolume:
     scans = list_scans(f)
     if not scans:
         raise fmt_error(path, "no <scan>/EBSD/Header + EBSD/Data groups; not an EDAX OIM .h5 file")
-    if scan is not None:
-        if isinstance(scan, int) and not isinstance(scan, bool):
-            if not -len(scans) <= scan < len(scans):
-                raise EBSDValueError(f"{path}: scan index {scan} out of range; the file has {len(scans)} scans {scans}")
-            chosen = [scans[scan]]
-        elif str(scan) in scans:
-            chosen = [str(scan)]
-        else:
-            raise EBSDValueError(f"{path}: no scan {scan!r}; the file has {scans}")
-    else:
-        chosen = scans
+    chosen = select_scans(path, scans, scan)
     grids = []
     for s in chosen:
         hdr = f[s]["EBSD/Header"]

@@ -35,13 +35,13 @@ import h5py
 import numpy as np
 import torch
 
-from ..errors import EBSDFormatError, EBSDValueError
+from ..errors import EBSDFormatError
 from ..volume import EBSDVolume, Phase
 from ._common import (
     _NAME_TO_LAUE, FormatContext, assemble_volume, check_z_spacing, euler_rows_to_quat, fmt_error, natural_key,
     progress_bar,
 )
-from .h5oim import scalar
+from .h5oim import phase_groups, scalar, select_scans
 
 __all__ = ["read_h5oina", "is_h5oina", "list_slices"]
 
@@ -96,18 +96,8 @@ def _vec(path, g: h5py.Group, name: str, n: int) -> np.ndarray | None:
 def _phases(path, hdr: h5py.Group) -> dict[int, Phase]:
     from .ctf import CTF_LAUE
 
-    pg = hdr.get("Phases")
-    if not isinstance(pg, h5py.Group):
-        raise fmt_error(path, f"{hdr.name} has no Phases group; the crystal symmetry is unknown")
     info: dict[int, Phase] = {}
-    for key in sorted(pg.keys(), key=natural_key):
-        g = pg[key]
-        if not isinstance(g, h5py.Group):
-            continue
-        try:
-            pid = int(key)
-        except ValueError:
-            raise fmt_error(path, f"{g.name}: phase group name {key!r} is not an integer id") from None
+    for pid, g in phase_groups(path, hdr):
         if not 1 <= pid <= 255:
             raise fmt_error(path, f"{g.name}: phase id {pid} outside 1..255 (Phase is uint8, 0 = not indexed)")
         ds = g.get("Laue Group")
@@ -126,7 +116,7 @@ def _phases(path, hdr: h5py.Group) -> dict[int, Phase]:
             (tuple(float(np.degrees(a)) for a in angs) if angs is not None else (90.0, 90.0, 90.0))
         info[pid] = Phase(name=name, symmetry=sym, lattice=tuple(float(v) for v in lat))
     if not info:
-        raise fmt_error(path, f"{pg.name} defines no phase")
+        raise fmt_error(path, f"{hdr.name}/Phases defines no phase")
     return info
 
 
@@ -159,15 +149,7 @@ def _read(f: h5py.File, path: Path, scan, z_spacing, progress) -> EBSDVolume:
     slices = list_slices(f)
     if not slices:
         raise fmt_error(path, "no <slice>/EBSD/Data + EBSD/Header groups: the file holds no EBSD map")
-    if scan is not None:
-        if isinstance(scan, int) and not isinstance(scan, bool):
-            if not -len(slices) <= scan < len(slices):
-                raise EBSDValueError(f"{path}: slice index {scan} out of range; the file has {slices}")
-            slices = [slices[scan]]
-        elif str(scan) in slices:
-            slices = [str(scan)]
-        else:
-            raise EBSDValueError(f"{path}: no slice {scan!r}; the file has {slices}")
+    slices = select_scans(path, slices, scan, what="slice")
     hdr0 = f[slices[0]]["EBSD/Header"]
     Y, X, dx, dy = _grid(path, hdr0)
     phase_info = _phases(path, hdr0)
