@@ -143,6 +143,20 @@ def quat_to_euler_np(q: torch.Tensor) -> np.ndarray:
     return quat_to_euler(q.detach().to("cpu", torch.float64)).numpy()
 
 
+def read_text_bytes(path, kind: str) -> bytes:
+    """The bytes of a vendor text file (``kind``: ``".ang"``, ``".ctf"``), or :class:`EBSDFormatError` when
+    it cannot be read, is empty, or is binary (NUL bytes in its first 4 KiB)."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise fmt_error(path, f"cannot read: {exc}") from None
+    if not raw.strip():
+        raise fmt_error(path, "the file is empty")
+    if b"\x00" in raw[:4096]:
+        raise fmt_error(path, f"binary content (NUL bytes) where {kind} text was expected")
+    return raw
+
+
 def check_finite(path, name: str, arr: np.ndarray) -> None:
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         bad = int((~np.isfinite(arr)).sum())

@@ -43,6 +43,7 @@ from ._common import (
     fmt_error,
     laue_from_tsl,
     quat_to_euler_np,
+    read_text_bytes,
     resolve_phase0,
 )
 from ._grid import decode_text, hex_to_square_index, infer_step, load_table, resolve_grid
@@ -234,14 +235,7 @@ def parse_ang(path, hex_to_square: bool = False) -> AngSlice:
 
 
 def _parse_ang(path: Path, hex_to_square: bool) -> AngSlice:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise fmt_error(path, f"cannot read: {exc}") from None
-    if not raw.strip():
-        raise fmt_error(path, "the file is empty")
-    if b"\x00" in raw[:4096]:
-        raise fmt_error(path, "binary content (NUL bytes) where .ang text was expected")
+    raw = read_text_bytes(path, ".ang")
     lines, start = _split_header(raw, path)
     if not lines:
         raise fmt_error(path, "no '#' header lines; not an .ang file (or its header was cut off)")

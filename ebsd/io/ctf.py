@@ -37,7 +37,7 @@ import torch
 
 from ..errors import EBSDFormatError, EBSDValueError
 from ..volume import EBSDVolume, Phase
-from ._common import FormatContext, check_finite, euler_rows_to_quat, fmt_error, quat_to_euler_np
+from ._common import FormatContext, check_finite, euler_rows_to_quat, fmt_error, quat_to_euler_np, read_text_bytes
 from ._grid import decode_text, hex_to_square_index, load_table, looks_hex, resolve_grid
 from .ang import AngSlice
 
@@ -130,14 +130,7 @@ def parse_ctf(path, hex_to_square: bool = False) -> AngSlice:
 
 
 def _parse(path: Path, hex_to_square: bool) -> AngSlice:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise fmt_error(path, f"cannot read: {exc}") from None
-    if not raw.strip():
-        raise fmt_error(path, "the file is empty")
-    if b"\x00" in raw[:4096]:
-        raise fmt_error(path, "binary content (NUL bytes) where .ctf text was expected")
+    raw = read_text_bytes(path, ".ctf")
     lines, cols, start = _split_header(raw, path)
     hdr: dict[str, str] = {}
     euler_note = ""
