@@ -295,6 +295,7 @@ def test_long_gap_auto_skips_the_network_and_unknown_slices_stay_gaps():
     new, det = recover_missing_slices(vol, "10-23", model=net, progress=False, return_details=True)
     assert new.metadata["recovered_slices"] == list(range(10, 24))
     assert not any("transformer" in k or "network" in k for k in (det["self_check"] or {}).get("table", {}))
+    assert "longer than the network's window" in det["self_check"]["note"]
     # recovering [5] with slice 7 unknown equals recovering [5, 7] together (slice 7's content never used)
     bad = vol.copy()
     rnd = torch.randn(16, 16, 4, generator=torch.Generator().manual_seed(0))

@@ -136,8 +136,7 @@ def blend_radius(vol, cfg: dict, ratio: float | None = None) -> int:
 
 
 def run_method(method: str, vol, missing: list[int], cfg: dict, net: SliceRecoveryTransformer | None = None,
-               project: bool = True, batch_size: int = 16, progress=None, raw_cache: dict | None = None,
-               ratio: float | None = None):
+               project: bool = True, batch_size: int = 16, progress=None, raw_cache: dict | None = None):
     """Recover ``missing`` with one ``method`` (not ``"auto"``). Returns ``(filled, sources, raw)``:
     ``{z: (Y, X, 4)}``, ``{z: (Y, X) int8 source}`` (blend only; see :func:`~ebsd.recovery._common.filled_volume`)
     and ``{z: (Y, X, 4)}`` raw network predictions (network methods only). ``raw_cache`` (a dict) reuses
@@ -177,7 +176,7 @@ def run_method(method: str, vol, missing: list[int], cfg: dict, net: SliceRecove
             res = blend_sections(
                 vol.quaternions[lo], vol.valid[lo], vol.quaternions[hi], vol.valid[hi], ts, vol.symmetries,
                 phases_lo=vol.phases[lo], phases_hi=vol.phases[hi], threshold_deg=float(cfg["blend_threshold_deg"]),
-                radius=blend_radius(vol, cfg, ratio if ratio is not None else cfg.get("z_ratio")),
+                radius=blend_radius(vol, cfg, cfg.get("z_ratio")),
                 guess=guess if method == "network-blend" else None,
                 guess_weight=float(cfg["guess_weight"]), outer_lo=outer(lo - 1), outer_hi=outer(hi + 1),
                 outer_weight=float(cfg["blend_outer_weight"]))
@@ -342,11 +341,6 @@ def recover_missing_slices(vol, missing=None, model="default", project: bool = T
     elif multi:
         net_note = "network methods skipped: the volume has several phases (they use one symmetry)"
     cfg = dict(cfg, **settings)
-    if net is not None and method == "auto":
-        longest = max(b - a + 1 for a, b in runs(sorted(set(missing) | set(unknown))))
-        if longest + 2 * int(cfg["context"]) > net.config.max_z:
-            net, net_note = None, (f"network methods skipped: a gap of {longest} slices is longer than the "
-                                   f"network's window (max_z {net.config.max_z})")
     if adapt_seconds is None:
         adapt_seconds = 5.0 if device.type == "cuda" else 0.0
     work = vol.to(device)
@@ -357,17 +351,17 @@ def recover_missing_slices(vol, missing=None, model="default", project: bool = T
     spacing_info = {"given_ratio": given_ratio, "estimated_ratio": est_ratio}
 
     report = None
-    chosen, chosen_net, chosen_ratio = method, net, None
+    chosen, chosen_net = method, net
     if self_check > 0 and (method == "auto" or return_details):
         report = _self_check(work, every, net if method in ("auto", "network", "network-blend") else None,
                              cfg, methods=None if method == "auto" else [method], n_runs=self_check,
                              project=project, batch_size=batch_size, adapt_seconds=adapt_seconds if
                              method == "auto" else 0.0, seed=seed, progress=progress)
         if report is not None and net_note:
-            report["note"] = net_note
+            report["note"] = "; ".join(n for n in (report.get("note"), net_note) if n)
         if method == "auto" and report is not None:
             best = report["_best"]
-            chosen, chosen_net, chosen_ratio = best["method"], best["net"], best["ratio"]
+            chosen, chosen_net = best["method"], best["net"]
             cfg = dict(cfg, **best["settings"])
     if method == "auto" and report is None:
         chosen = "blend"
@@ -380,8 +374,7 @@ def recover_missing_slices(vol, missing=None, model="default", project: bool = T
         bar = tqdm(total=n_tiles(chosen_net, vol.shape, cfg) * len(runs(every)), desc="recovering slices",
                    unit="tile")
     try:
-        filled, sources, raw = run_method(chosen, work, every, cfg, chosen_net, project, batch_size, bar,
-                                          ratio=chosen_ratio)
+        filled, sources, raw = run_method(chosen, work, every, cfg, chosen_net, project, batch_size, bar)
         keep = set(missing)  # the unknown slices were gaps for the methods; only the asked ones are filled
         filled = {z: q for z, q in filled.items() if z in keep}
         sources = {z: q for z, q in sources.items() if z in keep}
@@ -434,8 +427,6 @@ def choose_method(vol, missing, model="default", project: bool = True, device=No
         except EBSDValueError:
             net = None
     cfg = dict(cfg, **settings)
-    if net is not None and missing and max(b - a + 1 for a, b in runs(missing)) + 2 * int(cfg["context"]) > net.config.max_z:
-        net = None  # a gap longer than the network's window
     work = vol.to(device)
     if not missing or self_check <= 0:
         return "blend", None

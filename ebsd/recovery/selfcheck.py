@@ -238,8 +238,8 @@ def self_check(vol, missing, net, cfg: dict, methods=None, n_runs: int = 8, proj
     Returns None when no run can be hidden, else a dict: ``method`` (label of the best), ``mean_deg``,
     ``median_deg``, ``within5``, ``n_sections``, ``sections`` (the hidden slice indices), ``table``
     (``{label: {mean_deg, median_deg, within5, n_voxels}}``), ``adaptation`` (info or None), and
-    ``settings`` (blend settings the winner changed), ``_best`` (``method``, ``net``, ``ratio``, ``settings``:
-    what to run on the real gaps)."""
+    ``settings`` (blend settings the winner changed), ``note`` (why candidates were skipped, or None),
+    ``_best`` (``method``, ``net``, ``settings``: what to run on the real gaps)."""
     from .api import _method_name, blend_radius, run_method
 
     lengths = [b - a + 1 for a, b in runs(missing)] or [1]
@@ -249,34 +249,37 @@ def self_check(vol, missing, net, cfg: dict, methods=None, n_runs: int = 8, proj
     hidden = sorted(z for a, b in hr for z in range(a, b + 1))
     all_missing = sorted(set(int(m) for m in missing) | set(hidden))
     given = vol.spacing[0] / max(vol.spacing[1], vol.spacing[2])
-    # (label, method, network, spacing ratio for the blend, settings overriding cfg)
-    cands: list[tuple[str, str, object, float | None, dict]] = []
+    # (label, method, network, settings overriding cfg)
+    cands: list[tuple[str, str, object, dict]] = []
+    note = None
     if methods is None:
         thr, rad = float(cfg["blend_threshold_deg"]), int(cfg["blend_radius"])
-        cands += [("nearest", "nearest", None, None, {}), ("slerp", "slerp", None, None, {}),
-                  ("blend", "blend", None, None, {}),
-                  (f"blend (grains at {2 * thr:g} deg)", "blend", None, None, {"blend_threshold_deg": 2 * thr}),
-                  (f"blend (radius {2 * rad})", "blend", None, None, {"blend_radius": 2 * rad}),
-                  ("blend (2 sections)", "blend", None, None, {"blend_outer_weight": 0.0})]
+        cands += [("nearest", "nearest", None, {}), ("slerp", "slerp", None, {}), ("blend", "blend", None, {}),
+                  (f"blend (grains at {2 * thr:g} deg)", "blend", None, {"blend_threshold_deg": 2 * thr}),
+                  (f"blend (radius {2 * rad})", "blend", None, {"blend_radius": 2 * rad}),
+                  ("blend (2 sections)", "blend", None, {"blend_outer_weight": 0.0})]
         est_ratio = estimate_section_ratio(vol, exclude=all_missing)  # never reads the hidden sections
         if est_ratio is not None and blend_radius(vol, cfg, est_ratio) != blend_radius(vol, cfg):
-            cands.append((f"blend (dz/dx = {est_ratio:.2f} estimated)", "blend", None, None, {"z_ratio": est_ratio}))
+            cands.append((f"blend (dz/dx = {est_ratio:.2f} estimated)", "blend", None, {"z_ratio": est_ratio}))
         ctx = int(cfg["context"])
-        if net is not None and max(b - a + 1 for a, b in runs(all_missing)) + 2 * ctx > net.config.max_z:
-            net = None  # a gap longer than the network's window: the network methods cannot run here
+        longest = max(b - a + 1 for a, b in runs(all_missing))
+        if net is not None and longest + 2 * ctx > net.config.max_z:  # the network cannot see such a gap
+            note = (f"network methods skipped: a gap of {longest} slices is longer than the network's window "
+                    f"(max_z {net.config.max_z})")
+            net = None
         if net is not None:
-            cands += [(_method_name("network", project), "network", net, None, {}),
-                      ("network-blend", "network-blend", net, None, {})]
+            cands += [(_method_name("network", project), "network", net, {}),
+                      ("network-blend", "network-blend", net, {})]
     else:
         for m in methods:
-            cands.append((_method_name(m, project), m, net, None, {}))
+            cands.append((_method_name(m, project), m, net, {}))
     adaptation = None
     if methods is None and net is not None and adapt_seconds > 0:
         adapted, adaptation = adapt_network(net, vol, all_missing, lengths, adapt_seconds, cfg, seed=seed,
                                             lr=adapt_lr)
         if adaptation["steps"] > 0:
-            cands += [(_method_name("network", project) + " (adapted)", "network", adapted, None, {}),
-                      ("network-blend (adapted)", "network-blend", adapted, None, {})]
+            cands += [(_method_name("network", project) + " (adapted)", "network", adapted, {}),
+                      ("network-blend (adapted)", "network-blend", adapted, {})]
     table, best = {}, None
     raw_cache: dict = {}
     it = cands
@@ -284,13 +287,13 @@ def self_check(vol, missing, net, cfg: dict, methods=None, n_runs: int = 8, proj
         from tqdm.auto import tqdm
 
         it = tqdm(cands, desc="self-check", unit="method")
-    for label, m, mnet, ratio, over in it:
+    for label, m, mnet, over in it:
         filled, _, _ = run_method(m, vol, all_missing, dict(cfg, **over), mnet, project, batch_size, None,
-                                  raw_cache, ratio)
+                                  raw_cache)
         table[label] = _score(filled, vol, hidden)
         sc = table[label]["mean_deg"]
         if not math.isnan(sc) and (best is None or sc < table[best[0]]["mean_deg"]):
-            best = (label, m, mnet, ratio, over)
+            best = (label, m, mnet, over)
     if best is None:
         return None
     # selection noise: a handful of hidden sections cannot tell methods a few percent apart; keep the plain blend
@@ -308,5 +311,5 @@ def self_check(vol, missing, net, cfg: dict, methods=None, n_runs: int = 8, proj
     b = table[best[0]]
     return {"method": best[0], "mean_deg": b["mean_deg"], "median_deg": b["median_deg"], "within5": b["within5"],
             "n_sections": len(hidden), "sections": hidden, "table": table, "adaptation": adaptation,
-            "given_ratio": given, "settings": best[4],
-            "_best": {"method": best[1], "net": best[2], "ratio": best[3], "settings": best[4]}}
+            "given_ratio": given, "settings": best[3], "note": note,
+            "_best": {"method": best[1], "net": best[2], "settings": best[3]}}
