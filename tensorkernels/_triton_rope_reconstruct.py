@@ -3,6 +3,11 @@
 One program per (batch, key-value head, block of BLOCK_N selected tokens): it gathers the r-vectors of its rows,
 multiplies them by the head's two halves of ``Bf`` (blocks of BLOCK_R ranks, float32 accumulation), then rotates
 and writes both halves.
+
+The rotation's cos/sin come from a ``(B, T, D/2)`` table computed by torch, not from ``tl.cos``/``tl.sin``: on a GPU
+those lower to approximate instructions whose error grows with the angle (position x frequency reaches
+thousands of radians), which put the kernel ~1e-3 off a float64 reference on an H100 while the interpreter was
+exact. The table costs one (B, T, D/2) read per gathered row and matches torch's (and HF's) own RoPE values.
 """
 from __future__ import annotations
 
@@ -13,12 +18,12 @@ import triton.language as tl
 
 @triton.jit
 def _rope_reconstruct_kernel(
-    a_ptr, b_ptr, idx_ptr, pos_ptr, f_ptr, o_ptr,
-    T, R, N, HK, HALF, scaling,
+    a_ptr, b_ptr, idx_ptr, cos_ptr, sin_ptr, o_ptr,
+    T, R, N, HK, HALF,
     s_ab, s_at, s_ar,
     s_bb, s_br, s_bc,
     s_ib, s_ih, s_in,
-    s_pb, s_pt,
+    s_cb, s_ct,
     s_ob, s_oh, s_on, s_od,
     BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr, USE_DOT: tl.constexpr,
     CDT: tl.constexpr,
@@ -51,14 +56,12 @@ def _rope_reconstruct_kernel(
             af = a.to(CDT)
             acc1 += tl.sum(af[:, :, None] * b1.to(CDT)[None, :, :], axis=1)
             acc2 += tl.sum(af[:, :, None] * b2.to(CDT)[None, :, :], axis=1)
-    pos = tl.load(pos_ptr + b * s_pb + rows * s_pt, mask=mask_n, other=0).to(CDT)
-    f = tl.load(f_ptr + offs_h, mask=mask_h, other=0.0).to(CDT)
-    th = pos[:, None] * f[None, :]
-    c = tl.cos(th) * scaling
-    s = tl.sin(th) * scaling
+    om = mask_n[:, None] & mask_h[None, :]
+    toff = b * s_cb + rows[:, None] * s_ct + offs_h[None, :]
+    c = tl.load(cos_ptr + toff, mask=om, other=0.0)
+    s = tl.load(sin_ptr + toff, mask=om, other=0.0)
     o1 = acc1 * c - acc2 * s
     o2 = acc2 * c + acc1 * s
-    om = mask_n[:, None] & mask_h[None, :]
     base = o_ptr + b * s_ob + h * s_oh + offs_n[:, None] * s_on
     tl.store(base + offs_h[None, :] * s_od, o1.to(o_ptr.dtype.element_ty), mask=om)
     tl.store(base + (offs_h[None, :] + HALF) * s_od, o2.to(o_ptr.dtype.element_ty), mask=om)
@@ -74,7 +77,10 @@ def triton_rope_reconstruct(A, Bf, idx, positions, inv_freq, scaling: float) -> 
     if Bf.dtype != A.dtype:
         Bf = Bf.to(A.dtype)
     is64 = A.dtype == torch.float64
-    inv_freq = (inv_freq.double() if is64 else inv_freq.float()).contiguous()
+    cdt = torch.float64 if is64 else torch.float32
+    th = positions.to(cdt)[..., None] * inv_freq.to(device=A.device, dtype=cdt)   # (B, T, HALF)
+    cos_t = (th.cos() * scaling).contiguous()
+    sin_t = (th.sin() * scaling).contiguous()
     BLOCK_H = max(16, triton.next_power_of_2(HALF))
     # tl.dot for half-precision factors on a GPU; the exact float32/float64 products otherwise
     use_dot = A.is_cuda and A.dtype in (torch.float16, torch.bfloat16)
@@ -82,12 +88,12 @@ def triton_rope_reconstruct(A, Bf, idx, positions, inv_freq, scaling: float) -> 
     BLOCK_R = 32 if use_dot else 16
     grid = (B * HK, triton.cdiv(N, BLOCK_N))
     _rope_reconstruct_kernel[grid](
-        A, Bf, idx, positions, inv_freq, out,
-        T, R, N, HK, HALF, scaling,
+        A, Bf, idx, cos_t, sin_t, out,
+        T, R, N, HK, HALF,
         A.stride(0), A.stride(1), A.stride(2),
         Bf.stride(0), Bf.stride(1), Bf.stride(2),
         idx.stride(0), idx.stride(1), idx.stride(2),
-        positions.stride(0), positions.stride(1),
+        cos_t.stride(0), cos_t.stride(1),
         out.stride(0), out.stride(1), out.stride(2), out.stride(3),
         BLOCK_N=BLOCK_N, BLOCK_R=BLOCK_R, BLOCK_H=BLOCK_H, USE_DOT=use_dot, CDT=tl.float64 if is64 else tl.float32,
         num_warps=4,

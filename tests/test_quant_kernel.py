@@ -9,6 +9,9 @@ from tensorkernels._dispatch import triton_available
 from tensorkernels.quant import dequantize_sum, packed_width, quantize_pack
 
 BACKENDS = ["torch"] + (["triton"] if triton_available() else [])
+# Triton runs on CUDA tensors on a GPU machine, and on CPU tensors in its interpreter (conftest sets
+# TRITON_INTERPRET=1 when there is no CUDA); the torch backend runs where the tensors are.
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _ref_codes(x, cs, cz, rs, bits):
@@ -48,8 +51,8 @@ def _inputs(N, D, bits, row, seed):
 @pytest.mark.parametrize("row", [True, False])
 def test_quantize_pack_matches_float64(backend, bits, N, D, row):
     x, cs, cz, rs = _inputs(N, D, bits, row, seed=N * 100 + D + bits)
-    t = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
-    p = quantize_pack(t(x), t(cs), t(cz), t(rs) if rs is not None else None, bits=bits, backend=backend)
+    t = lambda a: torch.tensor(a, dtype=torch.float32, device=DEV)  # noqa: E731
+    p = quantize_pack(t(x), t(cs), t(cz), t(rs) if rs is not None else None, bits=bits, backend=backend).cpu()
     assert p.dtype == torch.uint8 and tuple(p.shape) == (N, packed_width(D, bits))
     got = _ref_unpack(p.numpy(), D, bits)
     ref = _ref_codes(x, cs, cz, rs, bits)
@@ -76,9 +79,9 @@ def test_dequantize_sum_matches_float64(backend, bits, W, N, D, row):
         pc = np.concatenate([codes, np.zeros((W, N, D % 2), np.int64)], -1)
         packed = (pc[..., 0::2] | (pc[..., 1::2] << 4)).astype(np.uint8)
     ref = ((codes - cz) * cs * (rs[..., None] if rs is not None else 1.0)).sum(0)
-    t = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
-    got = dequantize_sum(torch.from_numpy(packed), t(cs), t(cz), D, t(rs) if rs is not None else None,
-                         bits=bits, backend=backend)
+    t = lambda a: torch.tensor(a, dtype=torch.float32, device=DEV)  # noqa: E731
+    got = dequantize_sum(torch.from_numpy(packed).to(DEV), t(cs), t(cz), D, t(rs) if rs is not None else None,
+                         bits=bits, backend=backend).cpu()
     assert got.dtype == torch.float32 and tuple(got.shape) == (N, D)
     np.testing.assert_allclose(got.numpy(), ref, rtol=1e-5, atol=1e-5)
 
@@ -87,9 +90,9 @@ def test_dequantize_sum_matches_float64(backend, bits, W, N, D, row):
 def test_round_trip_error_bound(backend):
     """|x - dequant(quant(x))| <= scale / 2 inside the range (symmetric per-token int4)."""
     x, cs, cz, rs = _inputs(6, 19, 4, True, seed=3)
-    t = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    t = lambda a: torch.tensor(a, dtype=torch.float32, device=DEV)  # noqa: E731
     p = quantize_pack(t(x), t(cs), t(cz), t(rs), bits=4, backend=backend)
-    xr = dequantize_sum(p, t(cs), t(cz), 19, t(rs), bits=4, backend=backend).numpy()
+    xr = dequantize_sum(p, t(cs), t(cz), 19, t(rs), bits=4, backend=backend).cpu().numpy()
     assert (np.abs(xr - x) <= rs[:, None] / 2 + 1e-5).all()
 
 
