@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# STEM GPU jobs (issue 20). Run from the repository root with PYTHONPATH=repo (scripts/device_run.sh does).
+#   bash benchmarks/stem_jobs.sh train   # data + 3 small LMs (dense, STEM, parameter-matched wide dense) trained
+#                                        # concurrently at equal tokens, then the quality and edit parts
+#   bash benchmarks/stem_jobs.sh speed   # decode tokens/s, tables on GPU vs offloaded (must run alone)
+# SMOKE=1: the same path at tiny sizes on the CPU. Outputs: $JOB_OUT (JSON + logs); models under $STEM_WORK
+# (default /tmp/stem_work: outside $JOB_OUT, the checkpoints are 10-45 MB; the commands below rebuild them).
+set -euo pipefail
+PY=${PYTHON:-python3}
+OUTD=${JOB_OUT:-${OUT:-/tmp/stem_out}}
+W=${STEM_WORK:-/tmp/stem_work}
+mkdir -p "$OUTD" "$W"
+part=${1:?usage: stem_jobs.sh train|speed}
+if [[ ${SMOKE:-0} == 1 ]]; then
+  SM="--smoke"; DATA_ARGS="--max-stdlib-mb 0.6 --max-man-mb 0.2 --max-site-mb 0.2 --heldout-frac 0.1 --vocab 512"
+  SIZE="--hidden 64 --layers 2 --heads 4 --seq 64 --batch 8 --warmup 5"; FF=128; WIDE=427; STEPS=20; MIN=1.5
+else
+  SM=""; DATA_ARGS="--max-stdlib-mb 48 --max-man-mb 24 --max-site-mb 48 --vocab 4096"
+  # d 256, 4 layers, ff 1024; wide = 1024 * (2*256 + 4096) / (3*256) = 6144 matches STEM's FF parameters
+  SIZE="--hidden 256 --layers 4 --heads 4 --seq 256 --batch 32 --warmup 100"; FF=1024; WIDE=6144; STEPS=2000; MIN=4.5
+fi
+if [[ $part == train ]]; then
+  T0=$(date +%s)
+  $PY -m llmeff.lm.train_small_lm --out "$W/data_only" --data "$W/data" --prepare-only $DATA_ARGS \
+      2>&1 | tee "$OUTD/data.log"
+  common="--data $W/data $DATA_ARGS $SIZE --steps $STEPS --minutes $MIN --seed 0 --reserve-s 20 --save-heldout"
+  $PY -m llmeff.lm.train_small_lm --arch dense --ff $FF --out "$W/dense" $common > "$OUTD/train_dense.log" 2>&1 &
+  p1=$!
+  $PY -m llmeff.lm.train_small_lm --arch stem --ff $FF --out "$W/stem" $common > "$OUTD/train_stem.log" 2>&1 &
+  p2=$!
+  $PY -m llmeff.lm.train_small_lm --arch dense --ff $WIDE --out "$W/wide" $common > "$OUTD/train_wide.log" 2>&1 &
+  p3=$!
+  $PY benchmarks/stem.py edit $SM --out "$OUTD" > "$OUTD/edit.log" 2>&1 &
+  p4=$!
+  rc=0
+  for p in $p1 $p2 $p3 $p4; do wait $p || rc=$?; done
+  tail -n 3 "$OUTD"/train_*.log; cat "$OUTD/edit.log" | tail -n 20
+  for m in dense stem wide; do cp "$W/$m/train_log.json" "$OUTD/train_log_$m.json" 2>/dev/null || true; done
+  SEQ=$([[ ${SMOKE:-0} == 1 ]] && echo 64 || echo 256)
+  $PY benchmarks/stem.py quality $SM --data "$W/data" --dense "$W/dense" --stem "$W/stem" --wide "$W/wide" \
+      --seq $SEQ --out "$OUTD" 2>&1 | tee "$OUTD/quality.log"
+  echo "train job: $(( $(date +%s) - T0 )) s, rc of the training processes: $rc"
+  exit $rc
+elif [[ $part == speed ]]; then
+  $PY benchmarks/stem.py speed $SM --out "$OUTD" 2>&1 | tee "$OUTD/speed.log"
+else
+  echo "unknown part $part" >&2; exit 2
+fi
