@@ -15,7 +15,7 @@ if [[ ${SMOKE:-0} == 1 ]]; then
   SM="--smoke"; DATA_ARGS="--max-stdlib-mb 0.6 --max-man-mb 0.2 --max-site-mb 0.2 --heldout-frac 0.1 --vocab 512"
   SIZE="--hidden 64 --layers 2 --heads 4 --seq 64 --batch 8 --warmup 5"; FF=128; WIDE=427; STEPS=20; MIN=1.5
 else
-  SM=""; DATA_ARGS="--max-stdlib-mb 48 --max-man-mb 24 --max-site-mb 48 --vocab 4096"
+  SM=""; DATA_ARGS="--max-stdlib-mb 48 --max-man-mb 16 --max-site-mb 32 --vocab 4096"
   # d 256, 4 layers, ff 1024; wide = 1024 * (2*256 + 4096) / (3*256) = 6144 matches STEM's FF parameters
   SIZE="--hidden 256 --layers 4 --heads 4 --seq 256 --batch 32 --warmup 100"; FF=1024; WIDE=6144; STEPS=2000; MIN=4.5
 fi
@@ -39,6 +39,13 @@ if [[ $part == train ]]; then
   SEQ=$([[ ${SMOKE:-0} == 1 ]] && echo 64 || echo 256)
   $PY benchmarks/stem.py quality $SM --data "$W/data" --dense "$W/dense" --stem "$W/stem" --wide "$W/wide" \
       --seq $SEQ --out "$OUTD" 2>&1 | tee "$OUTD/quality.log"
+  # the GPU-marked test (offloaded tables bit-identical on CUDA) and the kernel tests on real CUDA, if pytest is there
+  if $PY -c "import pytest" 2>/dev/null; then
+    $PY -m pytest -q -p no:cacheprovider tests/test_stem.py tests/test_stem_gather_kernel.py 2>&1 | tail -n 4 \
+        | tee "$OUTD/pytest.log" || true
+  else
+    echo "pytest not installed: GPU tests not run" | tee "$OUTD/pytest.log"
+  fi
   echo "train job: $(( $(date +%s) - T0 )) s, rc of the training processes: $rc"
   exit $rc
 elif [[ $part == speed ]]; then
