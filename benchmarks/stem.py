@@ -194,8 +194,8 @@ def part_quality(args, device) -> None:
         del conv
     table.print()
     sp = spread(models, held, device, args.spread_rows, args.seq)
-    t2 = Table("Angular spread (mean over layers of pairwise cosine; lower |cos| = wider spread)",
-               ["model", "vectors", "mean cos", "mean |cos|", "mean angle (deg)"])
+    t2 = Table("Angular spread (mean over layers of pairwise cosine; lower abs cos = wider spread)",
+               ["model", "vectors", "mean cos", "mean abs cos", "mean angle (deg)"])
     summary = {}
     for name, rows in sp.items():
         kinds = sorted({r["what"] for r in rows})
@@ -476,9 +476,48 @@ def part_speed(args, device) -> None:
                                     "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"})
 
 
+def part_report(args, device) -> None:
+    """Markdown tables from the stem_*.json files in ``--out`` (for benchmarks/RESULTS.md)."""
+    out = Path(args.out)
+
+    def md(cols, rows):
+        f = lambda v: (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
+        return "\n".join([f"| {' | '.join(cols)} |", "|" + "---|" * len(cols)] +
+                         [f"| {' | '.join(f(c) for c in r)} |" for r in rows])
+
+    q = out / "stem_quality.json"
+    if q.is_file():
+        d = json.loads(q.read_text())
+        print(md(["model", "arch", "d x L", "ff", "params (M)", "active/token (M)", "train tokens (M)",
+                  "held-out ppl", "FF MFLOP/token", "FF MB read/token"], d["table"]))
+        print()
+        print(md(["model: vectors", "mean cos", "mean abs cos", "mean angle (deg)"],
+                 [[k, v["mean_cos"], v["mean_abs_cos"], v["mean_angle_deg"]] for k, v in d["spread_summary"].items()]))
+        print()
+    e = out / "stem_edit.json"
+    if e.is_file():
+        d = json.loads(e.read_text())
+        print(f"facts {d['facts']}, pairs {d['pairs']}, fact accuracy before edits {d['fact_accuracy']:.3f}, "
+              f"trained in {d['train_seconds']:.1f} s")
+        print(md(["edit", "X1 -> Y2", "X2 -> Y1 (copy: X2 unchanged)", "both", "other facts unchanged",
+                  "rows edited"],
+                 [[r["edit"], r["success_x1"], r.get("success_x2", r.get("x2_unchanged")), r["both"],
+                   r["other_unchanged"], r["rows_edited"]] for r in d["results"]]))
+        print()
+    sp = out / "stem_speed.json"
+    if sp.is_file():
+        d = json.loads(sp.read_text())
+        rows = [[r["shape"], r["model"], r.get("tables", "-"), r.get("kernel", "-"), r["tokens_per_s"],
+                 r.get("relative_to_stem_gpu", float("nan"))] for r in d["rows"] if "tokens_per_s" in r]
+        print(md(["shape", "model", "tables", "gather", "tokens/s", "vs STEM tables on GPU"], rows))
+        for r in d["rows"]:
+            if "offload_prefill_logits_bit_identical" in r:
+                print(f"{r['shape']}: offloaded prefill logits bit-identical: {r['offload_prefill_logits_bit_identical']}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("part", choices=("quality", "edit", "speed"))
+    ap.add_argument("part", choices=("quality", "edit", "speed", "report"))
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default=str(results_dir()), help="folder for stem_<part>.json")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (CPU check of the same code path)")
@@ -517,7 +556,7 @@ def main(argv=None) -> int:
         args.shapes, args.prompt, args.new, args.repeat = ["tiny"], 8, 4, 1
     device = _device(args)
     t0 = time.time()
-    {"quality": part_quality, "edit": part_edit, "speed": part_speed}[args.part](args, device)
+    {"quality": part_quality, "edit": part_edit, "speed": part_speed, "report": part_report}[args.part](args, device)
     print(f"[{args.part}] done in {time.time() - t0:.1f} s", flush=True)
     return 0
 
