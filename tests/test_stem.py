@@ -252,3 +252,31 @@ def test_angular_spread_and_cost():
     dc, sc = stem.ff_cost(256, 1024, "dense"), stem.ff_cost(256, 1024, "stem")
     assert dc["flops"] == 6 * 256 * 1024 + 1024 and sc["flops"] == 4 * 256 * 1024 + 1024
     assert dc["bytes"] == 3 * 256 * 1024 * 2 and sc["bytes"] == (2 * 256 * 1024 + 1024) * 2
+
+
+@pytest.mark.slow
+def test_train_small_lm_stem_and_dense_share_data_and_steps(tmp_path):
+    import json
+
+    from llmeff.lm.train_small_lm import main
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for i in range(30):
+        (lib / f"m{i}.py").write_text(f'"""Module {i}."""\n' + f"def f{i}(x):\n    return x + {i}\n" * 20)
+    data = tmp_path / "data"
+    common = ["--smoke", "--stdlib", str(lib), "--man", "", "--site", "", "--max-site-mb", "0", "--steps", "3",
+              "--data", str(data)]
+    assert main(["--out", str(tmp_path / "s"), "--arch", "stem", *common]) == 0
+    tok_bytes = (data / "tokenizer.json").read_bytes()
+    assert main(["--out", str(tmp_path / "d"), "--arch", "dense", *common]) == 0
+    assert (data / "tokenizer.json").read_bytes() == tok_bytes          # the second run reused the data
+    rs = json.loads((tmp_path / "s" / "config.json").read_text())
+    rd = json.loads((tmp_path / "d" / "config.json").read_text())
+    assert rs["stem"]["layers"] == [0, 1] and "stem" not in rd
+    assert rs["llmeff_train"]["steps"] == rd["llmeff_train"]["steps"] == 3
+    assert rs["llmeff_train"]["tokens"] == rd["llmeff_train"]["tokens"]
+    m = stem.load(tmp_path / "s")
+    assert len(stem.stem_modules(m)) == 2
+    ids = torch.randint(0, m.config.vocab_size, (1, 5))
+    assert torch.isfinite(m(input_ids=ids).logits).all()
