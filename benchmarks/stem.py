@@ -142,6 +142,32 @@ def _params(model) -> dict:
     return {"total": total, "tables": table, "embedding": emb, "active_per_token": per_token_active}
 
 
+def _convert_row(args, device, dtype, held, table, rec) -> None:
+    if not args.dense or args.convert_windows <= 0:
+        return
+    # what converting a *trained* dense model means: rows = the dense up projection's mean output per token
+    # over training windows (init="dense"), no further training
+    train = np.load(Path(args.data) / "train_ids.npy", mmap_mode="r")
+    step = max(args.seq, (len(train) - args.seq) // args.convert_windows)
+    cal = torch.from_numpy(np.stack([np.asarray(train[i * step:i * step + args.seq], dtype=np.int64)
+                                     for i in range(args.convert_windows)]))
+    conv, cfg = _load_any(args.dense, device, torch.float32)
+    stem.convert(conv, init="dense", calibration_ids=cal)
+    conv.to(dtype)
+    loss, n_tok = heldout_loss(conv, held, args.seq, args.windows, args.batch, device)
+    d, L, ff = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"]
+    cost = stem.ff_cost(d, ff, "stem", dtype_bytes=2)
+    pr = _params(conv)
+    table.add(["dense->stem (converted, untrained)", "stem", f"{d}x{L}", ff, pr["total"] / 1e6,
+               pr["active_per_token"] / 1e6, 0.0, math.exp(loss), L * cost["flops"] / 1e6, L * cost["bytes"] / 1e6])
+    rec["dense_converted"] = {"heldout_loss": loss, "heldout_ppl": math.exp(loss), "params": pr,
+                              "calibration_tokens": int(cal.numel()),
+                              "note": "convert(trained dense, init='dense'): table row = mean dense up-projection "
+                                      "output over the calibration positions of that token; not fine-tuned"}
+    print(f"[quality] dense converted to STEM without training: ppl {math.exp(loss):.3f}", flush=True)
+    del conv
+
+
 def part_quality(args, device) -> None:
     held = np.load(Path(args.data) / "heldout_ids.npy").astype(np.int64)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -170,29 +196,18 @@ def part_quality(args, device) -> None:
                      "loss_curve": tr.get("loss_curve")}
         models[name] = model
         print(f"[quality] {name}: ppl {math.exp(loss):.3f}", flush=True)
-    if args.dense and args.convert_windows > 0:
-        # what converting a *trained* dense model means: rows = the dense up projection's mean output per token
-        # over training windows (init="dense"), no further training
-        train = np.load(Path(args.data) / "train_ids.npy", mmap_mode="r")
-        step = max(args.seq, (len(train) - args.seq) // args.convert_windows)
-        cal = torch.from_numpy(np.stack([np.asarray(train[i * step:i * step + args.seq], dtype=np.int64)
-                                         for i in range(args.convert_windows)]))
-        conv, cfg = _load_any(args.dense, device, torch.float32)
-        stem.convert(conv, init="dense", calibration_ids=cal)
-        conv.to(dtype)
-        loss, n_tok = heldout_loss(conv, held, args.seq, args.windows, args.batch, device)
-        d, L, ff = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"]
-        cost = stem.ff_cost(d, ff, "stem", dtype_bytes=2)
-        pr = _params(conv)
-        table.add(["dense->stem (converted, untrained)", "stem", f"{d}x{L}", ff, pr["total"] / 1e6,
-                   pr["active_per_token"] / 1e6, 0.0, math.exp(loss), L * cost["flops"] / 1e6, L * cost["bytes"] / 1e6])
-        rec["dense_converted"] = {"heldout_loss": loss, "heldout_ppl": math.exp(loss), "params": pr,
-                                  "calibration_tokens": int(cal.numel()),
-                                  "note": "convert(trained dense, init='dense'): table row = mean dense up-projection "
-                                          "output over the calibration positions of that token; not fine-tuned"}
-        print(f"[quality] dense converted to STEM without training: ppl {math.exp(loss):.3f}", flush=True)
-        del conv
+    dev_name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
+    base = {"models": rec, "seq": args.seq, "windows": args.windows, "device": dev_name}
+    _dump(Path(args.out), "quality", {**base, "table": table.rows})      # the measured rows first
+    try:
+        _convert_row(args, device, dtype, held, table, rec)
+    except Exception as exc:                              # optional row: report, keep the rest
+        import traceback
+
+        traceback.print_exc()
+        rec["dense_converted"] = {"error": f"{type(exc).__name__}: {exc}"}
     table.print()
+    _dump(Path(args.out), "quality", {**base, "table": table.rows})
     sp = spread(models, held, device, args.spread_rows, args.seq)
     t2 = Table("Angular spread (mean over layers of pairwise cosine; lower abs cos = wider spread)",
                ["model", "vectors", "mean cos", "mean abs cos", "mean angle (deg)"])
@@ -205,9 +220,8 @@ def part_quality(args, device) -> None:
             summary[f"{name}: {k}"] = vals
             t2.add([name, k, vals["mean_cos"], vals["mean_abs_cos"], vals["mean_angle_deg"]])
     t2.print()
-    _dump(Path(args.out), "quality", {"models": rec, "table": table.rows, "spread_per_layer": sp,
-                                      "spread_summary": summary, "seq": args.seq, "windows": args.windows,
-                                      "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"})
+    _dump(Path(args.out), "quality", {**base, "table": table.rows, "spread_per_layer": sp,
+                                      "spread_summary": summary})
 
 
 # -- knowledge editing -----------------------------------------------------------------------------------
@@ -450,18 +464,26 @@ def part_speed(args, device) -> None:
                                                                                      args.repeat)))
         with torch.no_grad():
             ref_logits = model(input_ids=prompt).logits
-        with stem.offload(model):
-            with torch.no_grad():
-                bit_identical = bool(torch.equal(model(input_ids=prompt).logits, ref_logits))
-            runs.append(("pinned CPU" if device.type == "cuda" else "CPU (offload path)", auto,
-                         *decode_rate(model, prompt, args.new, args.repeat)))
-        print(f"[speed] {shape}: prefill logits with offloaded tables bit-identical to on-GPU: {bit_identical}",
-              flush=True)
-        recs.append({"shape": shape, "offload_prefill_logits_bit_identical": bit_identical})
+        modes = ["device", "host"] if device.type == "cuda" else ["host"]
+        for mode in modes:
+            try:
+                off = stem.offload(model, mode=mode)
+            except Exception as exc:                      # e.g. the device gather cannot read pinned memory here
+                print(f"[speed] {shape}: offload mode {mode!r} unavailable: {type(exc).__name__}: {exc}", flush=True)
+                recs.append({"shape": shape, "mode": mode, "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            with off:
+                with torch.no_grad():
+                    bit_identical = bool(torch.equal(model(input_ids=prompt).logits, ref_logits))
+                where = (f"pinned CPU ({off.mode} gather)" if device.type == "cuda" else "CPU (offload path)")
+                runs.append((where, auto, *decode_rate(model, prompt, args.new, args.repeat)))
+            print(f"[speed] {shape}: prefill logits with offloaded tables ({mode} gather) bit-identical to "
+                  f"on-GPU: {bit_identical}", flush=True)
+            recs.append({"shape": shape, "mode": mode, "offload_prefill_logits_bit_identical": bit_identical})
         ref_rate, ref_out = runs[1][2], runs[1][3]
         dc, sc = stem.ff_cost(d, ff, "dense"), stem.ff_cost(d, ff, "stem")
         table.add([shape, "dense", "-", "-", r_dense, r_dense / ref_rate, "-", 0.0, L * dc["bytes"] / 1e6])
-        recs.append({"shape": shape, "model": "dense", "tokens_per_s": r_dense})
+        recs.append({"shape": shape, "model": "dense", "tokens_per_s": r_dense, "relative_to_stem_gpu": r_dense / ref_rate})
         for where, kern, rate, out in runs:
             same = bool(torch.equal(out, ref_out))
             table.add([shape, "stem", where, kern, rate, rate / ref_rate, same, tgb, L * sc["bytes"] / 1e6])
@@ -512,7 +534,8 @@ def part_report(args, device) -> None:
         print(md(["shape", "model", "tables", "gather", "tokens/s", "vs STEM tables on GPU"], rows))
         for r in d["rows"]:
             if "offload_prefill_logits_bit_identical" in r:
-                print(f"{r['shape']}: offloaded prefill logits bit-identical: {r['offload_prefill_logits_bit_identical']}")
+                print(f"{r['shape']} ({r.get('mode', 'host')} gather): offloaded prefill logits bit-identical: "
+                      f"{r['offload_prefill_logits_bit_identical']}")
 
 
 def main(argv=None) -> int:

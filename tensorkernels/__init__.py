@@ -18,7 +18,7 @@ from .rope_reconstruct import rope_reconstruct
 from .rpca_fused import residual_contract
 from .misorientation import misorientation_angle
 from .quant import dequantize_sum, packed_width, quantize_pack
-from .stem_gather import gather_act_mul
+from .stem_gather import gather_act_mul, gather_rows
 
 __all__ = [
     "KernelBackendError",
@@ -38,4 +38,5 @@ __all__ = [
     "dequantize_sum",
     "packed_width",
     "gather_act_mul",
+    "gather_rows",
 ]

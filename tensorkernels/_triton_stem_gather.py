@@ -38,3 +38,25 @@ def triton_gather_act_mul(gate: torch.Tensor, idx: torch.Tensor, table: torch.Te
         ACT=_ACT_CODE[act], BLOCK_F=BLOCK_F, num_warps=4,
     )
     return h.reshape(gate.shape)
+
+
+@triton.jit
+def _gather_rows_kernel(t_ptr, idx_ptr, o_ptr, W, st0, so0, BLOCK: tl.constexpr):
+    r = tl.program_id(0)
+    pw = tl.program_id(1)
+    offs = pw * BLOCK + tl.arange(0, BLOCK)
+    m = offs < W
+    row = tl.load(idx_ptr + r).to(tl.int64)
+    v = tl.load(t_ptr + row * st0 + offs, mask=m, other=0.0)
+    tl.store(o_ptr + r.to(tl.int64) * so0 + offs, v, mask=m)
+
+
+def triton_gather_rows(table: torch.Tensor, idx: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    R, W = out.shape
+    if R == 0 or W == 0:
+        return out
+    i1 = idx if idx.is_contiguous() else idx.contiguous()
+    BLOCK = min(4096, triton.next_power_of_2(W))
+    _gather_rows_kernel[(R, triton.cdiv(W, BLOCK))](table, i1, out, W, table.stride(0), out.stride(0),
+                                                    BLOCK=BLOCK, num_warps=4)
+    return out

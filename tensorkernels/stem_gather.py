@@ -72,3 +72,42 @@ def gather_act_mul(gate: torch.Tensor, idx: torch.Tensor, table: torch.Tensor, a
 
         return triton_gather_act_mul(gate, idx, table, act)
     return gather_act_mul_reference(gate, idx, table, act)
+
+
+def gather_rows_reference(table: torch.Tensor, idx: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``table[idx]`` (torch): ``table`` ``(V, W)``, ``idx`` ``(R,)`` -> ``(R, W)`` on ``table``'s device."""
+    rows = table.index_select(0, idx.to(table.device).long())
+    if out is None:
+        return rows
+    out.copy_(rows)
+    return out
+
+
+def gather_rows(table: torch.Tensor, idx: torch.Tensor, out: torch.Tensor | None = None,
+                backend: str | None = None) -> torch.Tensor:
+    """Rows ``table[idx]`` written to ``out`` ``(R, W)`` (allocated on ``idx``'s device when ``None``).
+
+    The Triton kernel reads ``table`` through its pointer, so ``table`` may live in **pinned CPU memory** while
+    ``idx`` and ``out`` are on the GPU: with unified virtual addressing a pinned (``cudaHostAlloc``) buffer is
+    addressable from kernels, and the kernel pulls exactly the indexed rows over PCIe, no host synchronisation
+    (the ids never leave the GPU). This is how :class:`llmeff.stem.TableOffload` fetches a step's STEM rows.
+    ``backend="auto"`` takes the kernel when ``idx`` and ``out`` are on CUDA and ``table`` is on CUDA or
+    pinned; the torch reference otherwise (which needs ``idx`` on ``table``'s device or copies it there).
+    """
+    if table.dim() != 2 or table.stride(1) != 1:
+        raise ValueError(f"table must be (V, W) with unit column stride, got shape {tuple(table.shape)} "
+                         f"strides {table.stride()}")
+    if idx.dim() != 1 or idx.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"idx must be (R,) int32/int64, got {tuple(idx.shape)} {idx.dtype}")
+    R, W = idx.shape[0], table.shape[1]
+    if out is None:
+        out = torch.empty((R, W), dtype=table.dtype, device=idx.device)
+    if tuple(out.shape) != (R, W) or out.stride(1) != 1 or out.dtype != table.dtype:
+        raise ValueError(f"out must be ({R}, {W}) {table.dtype} with unit column stride")
+    host_ok = table.is_cuda or (table.device.type == "cpu" and table.is_pinned())
+    choice = resolve_backend(backend, idx, out) if host_ok else resolve_backend(backend, idx, out, table)
+    if choice == "triton":
+        from ._triton_stem_gather import triton_gather_rows
+
+        return triton_gather_rows(table, idx, out)
+    return gather_rows_reference(table, idx, out)

@@ -90,7 +90,7 @@ def test_convert_rejects_unsupported_ff():
 
 def test_convert_from_trained_dense_uses_conditional_means():
     m = _llama(layers=1)
-    ids = torch.randint(3, V, (4, 10))
+    ids = torch.randint(3, V, (11, 10))               # more than one calibration batch of 8 sequences
     ref = m.model.layers[0].mlp
     up_w = ref.up_proj.weight.detach().clone()
     captured = {}
@@ -209,16 +209,22 @@ def test_offloaded_tables_bit_identical_on_gpu():
     gen = m.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
     one = ids[:1]
     gen1 = m.generate(one, attention_mask=torch.ones_like(one), max_new_tokens=12, do_sample=False)
-    with stem.offload(m) as off:
-        assert off.buffer.device.type == "cpu" and off.buffer.is_pinned()
-        assert all(x.up_embed.weight.device.type == "cpu" for x in stem.stem_modules(m))
+    with torch.no_grad():
+        ref_ng = m(input_ids=ids).logits                  # no grad: the fused Triton gather
+    for mode in ("device", "host"):
+        with stem.offload(m, mode=mode) as off:
+            assert off.mode == mode
+            assert off.buffer.device.type == "cpu" and off.buffer.is_pinned()
+            assert all(x.up_embed.weight.device.type == "cpu" for x in stem.stem_modules(m))
+            assert torch.equal(m(input_ids=ids).logits, ref)
+            with torch.no_grad():
+                assert torch.equal(m(input_ids=ids).logits, ref_ng)
+            assert torch.equal(m.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
+                                          do_sample=False), gen)
+            assert torch.equal(m.generate(one, attention_mask=torch.ones_like(one), max_new_tokens=12,
+                                          do_sample=False), gen1)
+        assert all(x.up_embed.weight.is_cuda for x in stem.stem_modules(m))
         assert torch.equal(m(input_ids=ids).logits, ref)
-        assert torch.equal(m.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
-                                      do_sample=False), gen)
-        assert torch.equal(m.generate(one, attention_mask=torch.ones_like(one), max_new_tokens=12,
-                                      do_sample=False), gen1)
-    assert all(x.up_embed.weight.is_cuda for x in stem.stem_modules(m))
-    assert torch.equal(m(input_ids=ids).logits, ref)
 
 
 def test_save_load_round_trip(tmp_path):

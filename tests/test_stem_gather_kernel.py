@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from tensorkernels import gather_act_mul
+from tensorkernels import gather_act_mul, gather_rows
 from tensorkernels.gathered_ff import ACTIVATIONS
 from tensorkernels.stem_gather import gather_act_mul_reference
 
@@ -107,3 +107,25 @@ def test_reference_gradients_and_errors():
         gather_act_mul(gate, idx, table[:, :3])
     with pytest.raises(ValueError, match="int32 or int64"):
         gather_act_mul(gate, idx.float(), table)
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.skipif(
+    not _can_triton(), reason="needs triton with CUDA or TRITON_INTERPRET=1"))])
+def test_gather_rows(backend):
+    dev = "cuda" if (backend == "triton" and torch.cuda.is_available()) else "cpu"
+    g = torch.Generator().manual_seed(0)
+    big = torch.randn(13, 3, 70, generator=g).to(torch.bfloat16)        # token-major (V, L, F) buffer
+    table = big.view(13, 3 * 70)
+    if dev == "cuda":
+        table = table.pin_memory()                    # the kernel reads pinned host memory directly
+    idx = torch.tensor([12, 0, 5, 5, 7], device=dev)
+    out = gather_rows(table, idx, backend=backend)
+    assert out.device.type == dev and out.dtype == torch.bfloat16
+    assert torch.equal(out.cpu(), big.view(13, -1)[[12, 0, 5, 5, 7]])
+    buf = torch.full((5, 210), 7.0, dtype=torch.bfloat16, device=dev)
+    assert gather_rows(table, idx.to(torch.int32), out=buf, backend=backend) is buf
+    assert torch.equal(buf.cpu(), out.cpu())
+    with pytest.raises(ValueError, match="unit column stride"):
+        gather_rows(big[:, 0].t(), idx, backend=backend)
+    with pytest.raises(ValueError, match="out must be"):
+        gather_rows(table, idx, out=buf[:4], backend=backend)
