@@ -451,9 +451,13 @@ class TableOffload:
         self._orig = [(p.device, p.requires_grad) for p in self._orig]   # drop the GPU copies
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        self.mode = self._choose_mode()
         self.ctx.offload = self
         self.attached = True
+        try:
+            self.mode = self._choose_mode()
+        except BaseException:
+            self.detach()                         # tables back where they were
+            raise
         return self
 
     def _choose_mode(self) -> str:

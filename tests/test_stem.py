@@ -198,6 +198,11 @@ def test_offload_cpu_path_gives_identical_logits_and_tokens():
     for x, t in zip(stem.stem_modules(m), tables):
         assert torch.equal(x.up_embed.weight, t)
     assert torch.equal(m(input_ids=ids).logits, ref)
+    # the kernel-side gather needs CUDA: asking for it on a CPU model fails and leaves the tables in place
+    with pytest.raises(LLMEffValueError, match="device"):
+        stem.offload(m, pin=False, mode="device")
+    assert all(x.up_embed.weight.requires_grad for x in stem.stem_modules(m))
+    assert torch.equal(m(input_ids=ids).logits, ref)
 
 
 @pytest.mark.gpu
