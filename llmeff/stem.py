@@ -402,7 +402,8 @@ class TableOffload:
       correctly; if not, ``"host"`` is used with a warning.
     * ``"host"``: the step's ids are read on the host (one device sync per forward), the distinct ids'
       rows gathered on the CPU into a pinned staging buffer and copied with one asynchronous copy. The
-      sync stops the CPU from running ahead of the GPU: measured 0.65x of on-GPU decode speed at a 1B shape.
+      sync stops the CPU from running ahead of the GPU: 0.65x-0.96x of on-GPU decode speed at a 1B shape on
+      an H100 (two runs; ``benchmarks/RESULTS.md``), vs 1.03x for ``"device"``.
 
     The blocks compute exactly what they compute with the tables on the GPU (same rows, same kernel):
     logits are bit-identical. Use :func:`offload` (a context manager that restores the tables on exit).
