@@ -10,3 +10,8 @@ from .errors import (LLMEffError, LLMEffFileNotFoundError, LLMEffValueError, LLM
 __version__ = "0.1.0"
 __all__ = ["LLMEffError", "LLMEffFileNotFoundError", "LLMEffValueError", "LLMEffWorkerError", "UnsupportedModelError",
            "__version__"]
+
+# llmeff.stem (token-indexed embedding modules in place of the FF up projection) raises this one
+from .errors import MissingTokenIdsError  # noqa: E402
+
+__all__ += ["MissingTokenIdsError"]

@@ -19,3 +19,8 @@ class LLMEffFileNotFoundError(LLMEffError, FileNotFoundError):
 
 class LLMEffWorkerError(LLMEffError, RuntimeError):
     """A worker process of a multi-process command failed; the message carries the worker's own error."""
+
+
+class MissingTokenIdsError(LLMEffError, ValueError):
+    """A STEM feed-forward block (:mod:`llmeff.stem`) was called without the token ids it indexes its
+    embedding table by (e.g. the model was called with ``inputs_embeds``, or the block directly)."""

@@ -18,6 +18,7 @@ from .rope_reconstruct import rope_reconstruct
 from .rpca_fused import residual_contract
 from .misorientation import misorientation_angle
 from .quant import dequantize_sum, packed_width, quantize_pack
+from .stem_gather import gather_act_mul, gather_rows
 
 __all__ = [
     "KernelBackendError",
@@ -36,4 +37,6 @@ __all__ = [
     "quantize_pack",
     "dequantize_sum",
     "packed_width",
+    "gather_act_mul",
+    "gather_rows",
 ]

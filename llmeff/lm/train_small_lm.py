@@ -22,6 +22,15 @@ Steps (all inside the wall-clock budget ``--minutes``, corpus building and savin
    corpus (same machine image: same files, same split).
 
 ``--smoke`` trains a tiny model for a few seconds on a few hundred kB (a CPU test of the whole path).
+
+STEM (:mod:`llmeff.stem`): ``--arch stem`` converts the fresh model's FF blocks to token-indexed tables
+(up projection -> ``nn.Embedding(vocab, ff)``) before training and saves it so that
+:func:`llmeff.stem.load` reads it back. For dense/STEM comparisons at equal tokens: ``--steps N`` trains
+exactly ``N`` steps (warm-up + cosine over steps; ``--minutes`` stays a safety cap, and the record says if
+it cut training short), and ``--data DIR`` shares the corpus and tokenizer between runs: the first run
+builds them and writes ``DIR/tokenizer.json``, ``DIR/train_ids.npy``, ``DIR/heldout_ids.npy`` (and
+``DIR/corpus.json``); later runs read them (``--prepare-only`` builds them and exits). Exact commands of
+the STEM benchmark: ``benchmarks/stem.py``.
 """
 from __future__ import annotations
 
@@ -167,6 +176,14 @@ def main(argv: list[str] | None = None) -> int:
                     "'llmeff_train'), tokenizer.json, tokenizer_config.json; the held-out stream is rebuilt "
                     "from the corpus by llmeff.lm.corpus.heldout_tokens)")
     ap.add_argument("--smoke", action="store_true", help="tiny CPU run of the whole path (seconds)")
+    ap.add_argument("--arch", choices=("dense", "stem"), default="dense",
+                    help="stem: FF up projections replaced by token-indexed tables (llmeff.stem)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="train exactly this many steps (schedule over steps; --minutes is then only a cap)")
+    ap.add_argument("--data", default=None, help="folder caching corpus token streams + tokenizer (built "
+                    "there on first use, read by later runs: same data and tokenizer for every --arch)")
+    ap.add_argument("--prepare-only", action="store_true", help="with --data: build the data folder and exit")
+    ap.add_argument("--eval-windows", type=int, default=256, help="held-out windows of --seq tokens evaluated")
     args = ap.parse_args(argv)
 
     t_start = time.time()
@@ -186,19 +203,36 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg):
         print(f"[{time.time() - t_start:6.1f}s] {msg}", flush=True)
 
-    corpus = build_corpus(Path(args.stdlib) if args.stdlib else None, Path(args.man) if args.man else None,
-                          heldout_frac=args.heldout_frac, max_stdlib_mb=args.max_stdlib_mb,
-                          max_man_mb=args.max_man_mb, site=Path(args.site) if args.site not in ("auto", "") else
-                          (None if args.site == "" else "auto"), max_site_mb=args.max_site_mb, log=log)
-    tok = train_tokenizer(corpus.train, args.vocab, log=log)
-    train_ids = encode_stream(tok, corpus.train)
-    held_ids = encode_stream(tok, corpus.heldout)
-    log(f"tokens: train {len(train_ids) / 1e6:.2f} M, held-out {len(held_ids) / 1e6:.3f} M "
-        f"({corpus.n_chars / max(1, len(train_ids) + len(held_ids)):.2f} chars/token)")
+    data = Path(args.data) if args.data else None
+    if data is not None and (data / "tokenizer.json").is_file():
+        corpus, tok, train_ids, held_ids = _read_data(data)
+        log(f"data from {data}: train {len(train_ids) / 1e6:.2f} M tokens, held-out {len(held_ids) / 1e6:.3f} M")
+    else:
+        corpus = build_corpus(Path(args.stdlib) if args.stdlib else None, Path(args.man) if args.man else None,
+                              heldout_frac=args.heldout_frac, max_stdlib_mb=args.max_stdlib_mb,
+                              max_man_mb=args.max_man_mb, site=Path(args.site) if args.site not in ("auto", "")
+                              else (None if args.site == "" else "auto"), max_site_mb=args.max_site_mb, log=log)
+        tok = train_tokenizer(corpus.train, args.vocab, log=log)
+        train_ids = encode_stream(tok, corpus.train)
+        held_ids = encode_stream(tok, corpus.heldout)
+        log(f"tokens: train {len(train_ids) / 1e6:.2f} M, held-out {len(held_ids) / 1e6:.3f} M "
+            f"({corpus.n_chars / max(1, len(train_ids) + len(held_ids)):.2f} chars/token)")
+        if data is not None:
+            _write_data(data, corpus, tok, train_ids, held_ids)
+            log(f"data written to {data}")
+    if args.prepare_only:
+        return 0
 
-    model = make_model(tok.get_vocab_size(), args.hidden, args.layers, args.heads, args.ff, args.seq).to(device)
+    torch.manual_seed(args.seed)
+    model = make_model(tok.get_vocab_size(), args.hidden, args.layers, args.heads, args.ff, args.seq)
+    if args.arch == "stem":
+        from llmeff import stem
+
+        stem.convert(model, seed=args.seed)
+    model = model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"model: Llama {args.layers}x{args.hidden} ff {args.ff}, {n_params / 1e6:.2f} M parameters, on {device}")
+    log(f"model: Llama{' STEM' if args.arch == 'stem' else ''} {args.layers}x{args.hidden} ff {args.ff}, "
+        f"{n_params / 1e6:.2f} M parameters, on {device}")
     step_model = torch.compile(model) if (args.compile and device.type == "cuda") else model
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -214,10 +248,19 @@ def main(argv: list[str] | None = None) -> int:
     step, tokens, losses = 0, 0, []
     model.train()
     hi = len(train_ids) - args.seq - 1
+    cut_short = False
     while True:
         now = time.time()
         frac = (now - t_train0) / train_budget
-        if frac >= 1.0:
+        if args.steps is not None:
+            if step >= args.steps:
+                break
+            if frac >= 1.0:
+                cut_short = True
+                log(f"warning: the --minutes cap stopped training at step {step} of --steps {args.steps}")
+                break
+            frac = step / args.steps
+        elif frac >= 1.0:
             break
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
@@ -239,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"step {step}: loss {lv:.3f}, lr {lr:.2e}, {tokens / (time.time() - t_train0):,.0f} tokens/s")
     train_s = time.time() - t_train0
     tps = tokens / train_s
-    held_loss = evaluate(model, held_ids, args.seq, max(1, args.batch // 2), device)
+    held_loss = evaluate(model, held_ids, args.seq, max(1, args.batch // 2), device, max_windows=args.eval_windows)
     log(f"done: {step} steps, {tokens / 1e6:.1f} M tokens in {train_s:.0f} s ({tps:,.0f} tokens/s); "
         f"held-out loss {held_loss:.4f} (ppl {math.exp(held_loss):.2f})")
 
@@ -256,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
         "tokens_per_second": round(tps), "heldout_loss": held_loss, "heldout_ppl": math.exp(held_loss),
         "train_tokens": int(len(train_ids)), "heldout_tokens": int(len(held_ids)), "corpus": corpus.stats,
         "corpus_args": corpus_args, "loss_curve": losses, "total_seconds": round(time.time() - t_start, 1),
+        "arch": args.arch, "steps_requested": args.steps, "cut_short": cut_short, "seq": args.seq,
+        "batch": args.batch, "hidden": args.hidden, "layers": args.layers, "ff": args.ff, "seed": args.seed,
+        "data": str(data) if data is not None else None,
     }
     model.to(torch.bfloat16)
     model.config.llmeff_train = info              # the training record travels inside config.json
@@ -272,6 +318,30 @@ def main(argv: list[str] | None = None) -> int:
     log(f"saved to {out} ({len(sizes)} safetensors shard(s), largest {sizes[0] / 1e6:.1f} MB); "
         f"total {time.time() - t_start:.0f} s")
     return 0
+
+
+def _write_data(folder: Path, corpus, tok, train_ids: np.ndarray, held_ids: np.ndarray) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".tmp{os.getpid()}"
+    tmp.mkdir(exist_ok=True)
+    np.save(tmp / "train_ids.npy", train_ids)
+    np.save(tmp / "heldout_ids.npy", held_ids)
+    (tmp / "corpus.json").write_text(json.dumps({"stats": corpus.stats, "n_chars": corpus.n_chars}))
+    tok.save(str(tmp / "tokenizer.json"))          # written last: its presence marks a complete folder
+    for name in ("train_ids.npy", "heldout_ids.npy", "corpus.json", "tokenizer.json"):
+        os.replace(tmp / name, folder / name)
+    tmp.rmdir()
+
+
+def _read_data(folder: Path):
+    from tokenizers import Tokenizer
+
+    from .corpus import Corpus
+
+    meta = json.loads((folder / "corpus.json").read_text())
+    corpus = Corpus(stats=meta["stats"])
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    return corpus, tok, np.load(folder / "train_ids.npy"), np.load(folder / "heldout_ids.npy")
 
 
 if __name__ == "__main__":
