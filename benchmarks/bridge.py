@@ -168,6 +168,24 @@ def train_mode(args, device, out: Path) -> int:
         _write(jpath, res)
     table.print()
     res["eval_table"] = table.as_records()
+    # in-distribution check: training-side problems (what RL optimised), a fixed sample
+    train_probs = tasks.sample_problems(args.eval_train, np.random.default_rng(args.seed + 4242))
+    t2 = Table(f"training-side problems ({len(train_probs)}), temperature {args.temperature}",
+               ["model", "N", "accuracy", "consistency", "pass_at_n", "majority"])
+    res["eval_train"] = {}
+    for label, m in models:
+        for N in (1, args.n_train):
+            if time.time() > deadline - 1 or not train_probs:
+                break
+            if isinstance(m, dict):
+                with m["bridge"].disabled():
+                    r = rl.evaluate(m["model"], tok, train_probs, (N,), args.temperature, seed=args.seed + 6,
+                                    log=None)[N]
+            else:
+                r = rl.evaluate(m, tok, train_probs, (N,), args.temperature, seed=args.seed + 6, log=None)[N]
+            res["eval_train"].setdefault(label, {})[N] = r
+            t2.add([label, N, r["accuracy"], r["consistency"], r["pass_at_n"], r["majority"]])
+    t2.print()
     res["total_seconds"] = round(time.time() - t_start, 1)
     _write(jpath, res)
     if "bridge" in res:
@@ -239,7 +257,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rl-min-s", type=float, default=120.0, help="seconds kept for RL when sizing SFT")
     ap.add_argument("--rl-prompts", type=int, default=64)
     ap.add_argument("--n-train", type=int, default=4)
-    ap.add_argument("--rl-lr", type=float, default=1e-4)
+    ap.add_argument("--rl-lr", type=float, default=3e-4)
     ap.add_argument("--bridge-lr-mult", type=float, default=10.0)
     ap.add_argument("--bridge-rank", type=int, default=None)
     ap.add_argument("--bridge-heads", type=int, default=4)
@@ -249,6 +267,7 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-mul", type=int, default=512)
     ap.add_argument("--eval-psum", type=int, default=-1, help="-1: all held-out prime-sum problems")
     ap.add_argument("--widths", default="1,2,4,8,16")
+    ap.add_argument("--eval-train", type=int, default=512, help="training-side problems evaluated at N=1 and n_train")
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--timing-tokens", type=int, default=32)
     ap.add_argument("--timing-repeat", type=int, default=5)
@@ -257,7 +276,7 @@ def main(argv=None) -> int:
     if args.smoke:
         args.hidden, args.layers, args.heads, args.ff = 32, 2, 2, 64
         args.sft_steps, args.sft_batch, args.sft_check_every = 30, 32, 15
-        args.rl_steps, args.rl_prompts, args.eval_mul, args.eval_psum = 3, 4, 6, 4
+        args.rl_steps, args.rl_prompts, args.eval_mul, args.eval_psum, args.eval_train = 3, 4, 6, 4, 8
         args.widths, args.timing_tokens, args.timing_repeat = "1,2,4", 4, 2
         args.budget_s = min(args.budget_s, 120.0)
         args.rl_min_s, args.eval_reserve_s = 5.0, 30.0
