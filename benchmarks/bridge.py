@@ -4,7 +4,7 @@ Training job (``--mode train``, one wall-clock budget ``--budget-s`` for everyth
 every phase so a cut-off run still leaves them):
 
 1. SFT: a small Llama (``llmeff.lm.train_small_lm.make_model``, character vocabulary of
-   :mod:`llmeff.bridge.tasks`) on the task mix (2-digit multiplication; even numbers as sums of two primes),
+   :mod:`llmeff.bridge.tasks`) on the task mix (3-digit addition; even numbers as sums of two primes),
    until ``--sft-s`` seconds pass or sampled accuracy reaches ``--sft-stop-acc`` (room left for RL).
 2. RLVR (GRPO, group size ``--n-train`` = 4) from that same start, arms **interleaved step by step** so
    every arm gets exactly the same number of steps and the same problems per step:
@@ -43,7 +43,7 @@ from llmeff import bridge  # noqa: E402
 from llmeff.bridge import rl, tasks  # noqa: E402
 from llmeff.lm.train_small_lm import make_model  # noqa: E402
 
-METRICS = ("accuracy", "consistency", "pass_at_n", "majority", "coverage", "accuracy_mul", "accuracy_psum")
+METRICS = ("accuracy", "consistency", "pass_at_n", "majority", "coverage", "accuracy_add", "accuracy_psum")
 
 
 def _write(path: Path, payload: dict) -> None:
@@ -72,9 +72,24 @@ def train_mode(args, device, out: Path) -> int:
     model = build_model(args, device)
     n_base = sum(p.numel() for p in model.parameters())
     log(f"model: Llama {args.layers}x{args.hidden} ff {args.ff}, {n_base / 1e6:.2f} M parameters")
-    sft_s = min(args.sft_s, max(1.0, deadline - time.time() - args.rl_min_s - args.eval_reserve_s))
-    rec = rl.sft(model, tok, seconds=sft_s, max_steps=args.sft_steps, batch=args.sft_batch, lr=args.sft_lr,
-                 seed=args.seed, stop_acc=args.sft_stop_acc, check_every=args.sft_check_every, log=log)
+    ck = Path(args.sft_ckpt) if args.sft_ckpt else None
+    if ck is not None and ck.is_file():                   # a saved SFT start (tuning the RL phase on CPU)
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(ck)), strict=False)
+        model.tie_weights()
+        rec = json.loads(ck.with_suffix(".json").read_text())
+        log(f"SFT start loaded from {ck}")
+    else:
+        sft_s = min(args.sft_s, max(1.0, deadline - time.time() - args.rl_min_s - args.eval_reserve_s))
+        rec = rl.sft(model, tok, seconds=sft_s, max_steps=args.sft_steps, batch=args.sft_batch, lr=args.sft_lr,
+                     seed=args.seed, stop_acc=args.sft_stop_acc, check_every=args.sft_check_every, log=log)
+        if ck is not None:
+            from safetensors.torch import save_file
+
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+                       if k != "lm_head.weight"}, str(ck))
+            ck.with_suffix(".json").write_text(json.dumps(rec))
     log(f"SFT: {rec['steps']} steps in {rec['seconds']} s, final loss {rec['final_loss']}, checks {rec['checks']}")
     res["sft"] = rec
     res["base_params"] = n_base
@@ -137,13 +152,13 @@ def train_mode(args, device, out: Path) -> int:
     _write(jpath, res)
 
     # 3. held-out evaluation ------------------------------------------------------------------------------
-    problems = tasks.heldout_problems(args.eval_mul, None if args.eval_psum < 0 else args.eval_psum)
+    problems = tasks.heldout_problems(args.eval_single, None if args.eval_psum < 0 else args.eval_psum)
     widths = tuple(int(w) for w in args.widths.split(","))
     models = [("SFT start", model)] + [(f"RLVR-{k}", a["model"]) for k, a in arms.items()]
     if "bridge" in arms:
         models.append(("RLVR-bridge, blocks off", arms["bridge"]))
     ev: dict = {}
-    table = Table(f"held-out: {sum(p.kind == 'mul' for p in problems)} mul + {sum(p.kind == 'psum' for p in problems)} "
+    table = Table(f"held-out: {sum(p.kind == 'add' for p in problems)} add + {sum(p.kind == 'psum' for p in problems)} "
                   f"psum problems, temperature {args.temperature}, RL steps {step}",
                   ["model", "N", *METRICS])
     log(f"evaluating {len(problems)} held-out problems at N = {widths}")
@@ -252,6 +267,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sft-lr", type=float, default=2e-3)
     ap.add_argument("--sft-stop-acc", type=float, default=0.5)
     ap.add_argument("--sft-check-every", type=int, default=100)
+    ap.add_argument("--sft-ckpt", default=None, help="load the SFT start from this .safetensors if it exists, "
+                    "else save it there after SFT")
     ap.add_argument("--arms", default="indep,bridge,bridge_frozen")
     ap.add_argument("--rl-steps", type=int, default=100000)
     ap.add_argument("--rl-min-s", type=float, default=120.0, help="seconds kept for RL when sizing SFT")
@@ -264,7 +281,7 @@ def main(argv=None) -> int:
     ap.add_argument("--extra-frac", type=float, default=0.04)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--eval-reserve-s", type=float, default=45.0)
-    ap.add_argument("--eval-mul", type=int, default=512)
+    ap.add_argument("--eval-single", type=int, default=512, help="held-out addition problems")
     ap.add_argument("--eval-psum", type=int, default=-1, help="-1: all held-out prime-sum problems")
     ap.add_argument("--widths", default="1,2,4,8,16")
     ap.add_argument("--eval-train", type=int, default=512, help="training-side problems evaluated at N=1 and n_train")
@@ -276,7 +293,7 @@ def main(argv=None) -> int:
     if args.smoke:
         args.hidden, args.layers, args.heads, args.ff = 32, 2, 2, 64
         args.sft_steps, args.sft_batch, args.sft_check_every = 30, 32, 15
-        args.rl_steps, args.rl_prompts, args.eval_mul, args.eval_psum, args.eval_train = 3, 4, 6, 4, 8
+        args.rl_steps, args.rl_prompts, args.eval_single, args.eval_psum, args.eval_train = 3, 4, 6, 4, 8
         args.widths, args.timing_tokens, args.timing_repeat = "1,2,4", 4, 2
         args.budget_s = min(args.budget_s, 120.0)
         args.rl_min_s, args.eval_reserve_s = 5.0, 30.0

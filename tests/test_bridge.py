@@ -205,6 +205,8 @@ def test_task_checker_by_hand():
     q = tasks.make_problem("mul", 37, 48)
     assert q.prompt == "37*48=" and q.answers() == ["1776"]
     assert q.reward("1776") == 1.0 and q.reward("01776") == 0.0 and q.reward("1777") == 0.0
+    a = tasks.make_problem("add", 417, 385)
+    assert a.prompt == "417+385=" and a.answers() == ["802"] and a.reward("802") == 1.0 and a.reward("0802") == 0.0
     tok = tasks.CharTokenizer()
     assert tok.decode(tok.encode("P62=", bos=True) + tok.encode("3+59", eos=True) + [5, 6]) == "P62=3+59"
 
@@ -215,7 +217,10 @@ def test_training_never_sees_heldout_problems():
     assert not any(tasks.is_heldout(p) for p in drawn)
     held = tasks.heldout_problems(64)
     assert all(tasks.is_heldout(p) for p in held)
-    assert {p.kind for p in held} == {"mul", "psum"}
+    assert sum(p.kind == "add" for p in held) == len({p.prompt for p in held if p.kind == "add"}) == 64
+    assert sum(p.kind == "psum" for p in held) == 62          # every held-out even target, 1 in 4
+    assert {p.kind for p in drawn} == {"add", "psum"}
+    assert {p.kind for p in tasks.sample_problems(50, rng, kinds=("mul",))} == {"mul"}
     ids, mask, lm = tasks.sft_batch(tasks.CharTokenizer(), drawn[:5], rng)
     assert ids.shape == mask.shape == lm.shape and bool((mask[:, -1] == 1).all())
 

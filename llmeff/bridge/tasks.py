@@ -1,15 +1,17 @@
 """Verifiable tasks for the Bridge benchmark: generated on the fly, checked exactly, with a character tokenizer.
 
-Two problem kinds, mixed half and half:
+Problem kinds (the benchmark mixes ``add`` and ``psum`` half and half: :data:`DEFAULT_KINDS`):
 
-* ``mul``: ``"37*48="`` -> ``"1776"``: two-digit times two-digit multiplication, **one** correct answer.
+* ``add``: ``"417+385="`` -> ``"802"``: three-digit addition, **one** correct answer (810,000 problems: a
+  model cannot memorise them, so held-out accuracy measures the learned procedure).
+* ``mul``: ``"37*48="`` -> ``"1776"``: two-digit multiplication, one correct answer (8,100 problems).
 * ``psum``: ``"P62="`` -> ``"19+43"``: write an even number ``S`` (10 ... 500) as a sum of two primes
   (Goldbach): **several** correct answers (``62 = 3+59 = 19+43 = 31+31``); either order is accepted; two
   answers are the same when they are the same unordered pair.
 
-A problem is held out (never trained on) when ``crc32(prompt)`` falls in a fixed bucket: 1 in 8 ``mul``
-problems, 1 in 4 ``psum`` problems. :func:`sample_problems` draws from the training side,
-:func:`heldout_problems` lists the held-out side deterministically.
+A problem is held out (never trained on) when ``crc32(prompt)`` falls in a fixed bucket: 1 in 8 ``add`` and
+``mul`` problems, 1 in 4 ``psum`` problems. :func:`sample_problems` draws from the training side,
+:func:`heldout_problems` draws the held-out side deterministically.
 
 Set-level metrics (:func:`set_metrics`) over sets of ``N`` responses per problem: mean accuracy, consistency,
 pass@N, majority-vote accuracy, coverage of distinct correct answers.
@@ -27,6 +29,7 @@ CHARS = "0123456789+*=P"
 VOCAB = 3 + len(CHARS)
 MAX_ANSWER = 8                    # "499+499" + EOS
 PSUM_RANGE = (10, 500)            # even targets, inclusive
+DEFAULT_KINDS = ("add", "psum")
 
 
 class CharTokenizer:
@@ -96,16 +99,15 @@ class Problem:
 
     def answers(self) -> list[str]:
         """Every correct answer in canonical form (``psum``: ``"p+q"`` with ``p <= q``)."""
-        if self.kind == "mul":
-            return [str(self.args[0] * self.args[1])]
+        if self.kind in ("mul", "add"):
+            return [str(self._value())]
         S = self.args[0]
         return [f"{p}+{S - p}" for p in range(2, S // 2 + 1) if is_prime(p) and is_prime(S - p)]
 
     def canonical(self, text: str) -> str | None:
         """The canonical form of ``text`` if it is a correct answer, else ``None``."""
-        if self.kind == "mul":
-            return text if text.isdigit() and len(text) <= 5 and int(text) == self.args[0] * self.args[1] \
-                and text == str(int(text)) else None
+        if self.kind in ("mul", "add"):
+            return text if text.isdigit() and len(text) <= 5 and text == str(self._value()) else None
         parts = text.split("+")
         if len(parts) != 2 or not all(p.isdigit() and len(p) <= 3 and p == str(int(p)) for p in parts):
             return None
@@ -113,6 +115,10 @@ class Problem:
         if a + b == self.args[0] and is_prime(a) and is_prime(b):
             return f"{a}+{b}"
         return None
+
+    def _value(self) -> int:
+        a, b = self.args
+        return a * b if self.kind == "mul" else a + b
 
     def reward(self, text: str) -> float:
         """1.0 for a correct answer, else 0.0 (the verifiable reward)."""
@@ -122,49 +128,67 @@ class Problem:
 def make_problem(kind: str, *args: int) -> Problem:
     if kind == "mul":
         return Problem("mul", f"{args[0]}*{args[1]}=", (int(args[0]), int(args[1])))
+    if kind == "add":
+        return Problem("add", f"{args[0]}+{args[1]}=", (int(args[0]), int(args[1])))
     if kind == "psum":
         return Problem("psum", f"P{args[0]}=", (int(args[0]),))
     from ..errors import LLMEffValueError
 
-    raise LLMEffValueError(f"unknown problem kind {kind!r} (mul, psum)")
+    raise LLMEffValueError(f"unknown problem kind {kind!r} (add, mul, psum)")
 
 
 def is_heldout(p: Problem) -> bool:
     h = zlib.crc32(p.prompt.encode())
-    return h % 8 == 3 if p.kind == "mul" else h % 4 == 1
+    return h % 4 == 1 if p.kind == "psum" else h % 8 == 3
 
 
-def _all(kind: str) -> list[Problem]:
+def _draw(kind: str, rng: np.random.Generator) -> Problem:
+    if kind == "add":
+        return make_problem("add", int(rng.integers(100, 1000)), int(rng.integers(100, 1000)))
     if kind == "mul":
-        return [make_problem("mul", a, b) for a in range(10, 100) for b in range(10, 100)]
-    return [make_problem("psum", s) for s in range(PSUM_RANGE[0], PSUM_RANGE[1] + 1, 2)]
+        return make_problem("mul", int(rng.integers(10, 100)), int(rng.integers(10, 100)))
+    if kind == "psum":
+        return make_problem("psum", 2 * int(rng.integers(PSUM_RANGE[0] // 2, PSUM_RANGE[1] // 2 + 1)))
+    from ..errors import LLMEffValueError
+
+    raise LLMEffValueError(f"unknown problem kind {kind!r} (add, mul, psum)")
 
 
-_TRAIN = {k: [p for p in _all(k) if not is_heldout(p)] for k in ("mul", "psum")}
-_HELD = {k: [p for p in _all(k) if is_heldout(p)] for k in ("mul", "psum")}
-
-
-def sample_problems(n: int, rng: np.random.Generator) -> list[Problem]:
-    """``n`` training-side problems, each ``mul`` or ``psum`` with probability 1/2."""
+def sample_problems(n: int, rng: np.random.Generator, kinds: tuple[str, ...] = DEFAULT_KINDS) -> list[Problem]:
+    """``n`` training-side problems (held-out ones are redrawn), each kind equally likely."""
     out = []
-    for k in rng.random(n) < 0.5:
-        pool = _TRAIN["mul" if k else "psum"]
-        out.append(pool[int(rng.integers(len(pool)))])
+    for k in rng.integers(0, len(kinds), size=n):
+        p = _draw(kinds[int(k)], rng)
+        while is_heldout(p):
+            p = _draw(kinds[int(k)], rng)
+        out.append(p)
     return out
 
 
-def heldout_problems(n_mul: int = 128, n_psum: int | None = None, seed: int = 1234) -> list[Problem]:
-    """Held-out problems: ``n_mul`` of the held-out ``mul`` ones (a fixed random subset) and ``n_psum`` (default:
-    all) held-out ``psum`` ones."""
+def heldout_problems(n_single: int = 512, n_psum: int | None = None, seed: int = 1234,
+                     kinds: tuple[str, ...] = DEFAULT_KINDS) -> list[Problem]:
+    """Held-out problems: for each single-answer kind of ``kinds`` (``add``, ``mul``), ``n_single`` distinct
+    ones drawn with a fixed seed; then the first ``n_psum`` (default: all 62) held-out ``psum`` problems."""
     rng = np.random.default_rng(seed)
-    mul = _HELD["mul"]
-    pick = rng.choice(len(mul), size=min(n_mul, len(mul)), replace=False)
-    ps = _HELD["psum"] if n_psum is None else _HELD["psum"][:n_psum]
-    return [mul[i] for i in sorted(pick)] + list(ps)
+    out: list[Problem] = []
+    for kind in kinds:
+        if kind == "psum":
+            continue
+        seen: set[str] = set()
+        while len(seen) < n_single:
+            p = _draw(kind, rng)
+            if is_heldout(p) and p.prompt not in seen:
+                seen.add(p.prompt)
+                out.append(p)
+    if "psum" in kinds:
+        ps = [p for p in (make_problem("psum", s) for s in range(PSUM_RANGE[0], PSUM_RANGE[1] + 1, 2))
+              if is_heldout(p)]
+        out += ps if n_psum is None else ps[:n_psum]
+    return out
 
 
 def sft_example(p: Problem, rng: np.random.Generator) -> str:
-    """A demonstration answer: the product; for ``psum`` a uniformly chosen correct pair (``p <= q``)."""
+    """A demonstration answer: the result; for ``psum`` a uniformly chosen correct pair (``p <= q``)."""
     ans = p.answers()
     return ans[int(rng.integers(len(ans)))]
 
