@@ -58,6 +58,42 @@ def build_model(args, device):
     return m.to(device)
 
 
+@torch.no_grad()
+def bridge_diagnostics(model, br, tok, problems, n: int, seed: int = 0) -> dict:
+    """How much the trained Bridge does, on ``n``-sample sets for ``problems``:
+    ``update_ratio``: per block, ||Bridge update|| / ||hidden state|| over real tokens;
+    ``kl_group_vs_alone``: mean KL(p(token | its group) || p(token | the sample alone, n=1)) over response tokens,
+    i.e. how much a sample's next-token distribution depends on the other samples."""
+    ratios = {k: [] for k in br.blocks}
+
+    def mk(k):
+        def hook(mod, args, out):
+            h, valid = args[0], args[2] if len(args) > 2 else None
+            w = valid[..., None].float() if valid is not None else 1.0
+            ratios[k].append(((out.float() * w).norm() / (h.float() * w).norm().clamp_min(1e-12)).item())
+        return hook
+
+    hs = [b.register_forward_hook(mk(k)) for k, b in br.blocks.items()]
+    dev = next(model.parameters()).device
+    ids, am = tok.batch_prompts([p.prompt for p in problems], dev)
+    try:
+        o = bridge.generate(model, ids, n=n, attention_mask=am, max_new_tokens=tasks.MAX_ANSWER,
+                            eos_token_id=tasks.EOS, pad_token_id=tasks.PAD, seed=seed)
+    finally:
+        for h in hs:
+            h.remove()
+    seq, mask, L = o.sequences[:, :-1], o.attention_mask[:, :-1], o.prompt_len
+    with bridge.groups(model, n):
+        lg = rl.answer_logits(model, seq, mask)[:, L - 1:]
+    with bridge.groups(model, 1):
+        la = rl.answer_logits(model, seq, mask)[:, L - 1:]
+    lpg, lpa = torch.log_softmax(lg, -1), torch.log_softmax(la, -1)
+    kl = (lpg.exp() * (lpg - lpa)).sum(-1)
+    rm = o.response_mask.float()
+    return {"update_ratio": {k: float(np.mean(v)) for k, v in ratios.items()},
+            "kl_group_vs_alone": float((kl * rm).sum() / rm.sum()), "n": n}
+
+
 def train_mode(args, device, out: Path) -> int:
     t_start = time.time()
     deadline = t_start + args.budget_s
@@ -149,6 +185,14 @@ def train_mode(args, device, out: Path) -> int:
             same = all(torch.equal(v, a["base_before"][k]) for k, v in a["model"].state_dict().items())
             res["rl"][f"{name}_base_bit_identical"] = same
             log(f"{name}: base weights bit-identical after RL: {same}")
+    diag_probs = tasks.heldout_problems(64, 32)
+    for name, a in arms.items():
+        if a["bridge"] is not None:
+            d = bridge_diagnostics(a["model"], a["bridge"], tok, diag_probs, args.n_train, seed=args.seed)
+            res["bridge"][name]["diagnostics"] = d
+            log(f"{name}: Bridge update / hidden norm per block "
+                f"{ {k: round(v, 4) for k, v in d['update_ratio'].items()} }, "
+                f"KL(group || alone) per response token {d['kl_group_vs_alone']:.4f} nats")
     _write(jpath, res)
 
     # 3. held-out evaluation ------------------------------------------------------------------------------
