@@ -84,6 +84,16 @@ def test_samples_see_their_group_and_never_another_prompt():
         assert torch.equal(_logits(m, ids2, mask, n)[0], _logits(m, ids, mask, n)[0])
 
 
+def test_without_groups_the_batch_is_one_group_with_a_warning():
+    m = _model()
+    br = bridge.add_blocks(m, rank=8, heads=2)
+    _randomise(br)
+    ids, mask = _batch(4, 5, seed=3)
+    with pytest.warns(UserWarning, match="one group"):
+        plain = _logits(m, ids, mask)
+    assert torch.equal(plain, _logits(m, ids, mask, 4))
+
+
 def test_padding_and_finished_samples_are_masked():
     m = _model()
     br = bridge.add_blocks(m, rank=8, heads=2)

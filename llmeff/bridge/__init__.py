@@ -136,6 +136,7 @@ class Bridge(nn.Module):
         self._handles: list = []
         self._requires_grad: list[tuple[nn.Parameter, bool]] = []
         self.enabled = True
+        self._warned = False
         if freeze_base:
             for p in model.parameters():
                 self._requires_grad.append((p, p.requires_grad))
@@ -166,6 +167,13 @@ class Bridge(nn.Module):
                 return None
             B, S, _ = h.shape
             n = self.state.n or B
+            if self.state.n is None and B > 1 and not self._warned:
+                import warnings
+
+                warnings.warn(f"Bridge: no bridge.groups(model, n) block is active, so the whole batch of {B} "
+                              "sequences is treated as one group (the N samples of one prompt); wrap the call in "
+                              "`with bridge.groups(model, n):` when the batch holds several prompts", stacklevel=2)
+                self._warned = True
             mask = self.state.mask
             if mask is not None and tuple(mask.shape) != (B, S):
                 mask = None
