@@ -9,7 +9,10 @@ every phase so a cut-off run still leaves them):
 2. RLVR (GRPO, group size ``--n-train`` = 4) from that same start, arms **interleaved step by step** so
    every arm gets exactly the same number of steps and the same problems per step:
    ``indep`` (independent generations, all base weights trained), ``bridge`` (Bridge blocks added, base
-   weights and blocks trained), ``bridge_frozen`` (Bridge blocks only, base frozen: the library default).
+   weights and blocks trained), ``bridge_frozen`` (Bridge blocks only, base frozen: the library default),
+   ``selfonly_frozen`` (the same blocks, base frozen, but every sample attends only to itself: the
+   parameter-matched control without interaction). Learning rates: ``--rl-lr`` for base weights (both
+   full-model arms), ``--rl-lr * --bridge-lr-mult`` for Bridge blocks.
 3. Held-out evaluation (problems never trained on) at widths ``N = 1, 2, 4, 8, 16``: accuracy, consistency,
    pass@N, majority vote, coverage of distinct correct answers (the prime-sum problems have several).
 
@@ -136,19 +139,21 @@ def train_mode(args, device, out: Path) -> int:
     for name in args.arms.split(","):
         m = copy.deepcopy(model)
         br = None
-        if name.startswith("bridge"):
+        if name in ("bridge", "bridge_frozen", "selfonly_frozen"):
             br = bridge.add_blocks(m, rank=args.bridge_rank, heads=args.bridge_heads, extra_frac=args.extra_frac,
-                                   freeze_base=(name == "bridge_frozen"), seed=args.seed)
+                                   freeze_base=name.endswith("_frozen"), seed=args.seed)
+            if name == "selfonly_frozen":
+                br.group_override = 1        # same blocks, each sample attends only to itself: no interaction
             groups = [{"params": [p for p in br.parameters()], "lr": args.rl_lr * args.bridge_lr_mult}]
             if name == "bridge":
                 groups.append({"params": [p for p in m.parameters()], "lr": args.rl_lr})
         elif name == "indep":
             groups = [{"params": [p for p in m.parameters()], "lr": args.rl_lr}]
         else:
-            raise SystemExit(f"unknown arm {name!r} (indep, bridge, bridge_frozen)")
+            raise SystemExit(f"unknown arm {name!r} (indep, bridge, bridge_frozen, selfonly_frozen)")
         params = [p for g in groups for p in g["params"]]
         opt = torch.optim.AdamW(groups, betas=(0.9, 0.99), weight_decay=0.0)
-        base_before = {k: v.detach().clone() for k, v in m.state_dict().items()} if name == "bridge_frozen" else None
+        base_before = {k: v.detach().clone() for k, v in m.state_dict().items()} if name.endswith("_frozen") else None
         arms[name] = {"model": m, "bridge": br, "opt": opt, "params": params, "hist": [], "base_before": base_before}
         if br is not None:
             res.setdefault("bridge", {})[name] = {"rank": next(iter(br.blocks.values())).rank,
@@ -187,7 +192,7 @@ def train_mode(args, device, out: Path) -> int:
             log(f"{name}: base weights bit-identical after RL: {same}")
     diag_probs = tasks.heldout_problems(64, 32)
     for name, a in arms.items():
-        if a["bridge"] is not None:
+        if a["bridge"] is not None and a["bridge"].group_override is None:
             d = bridge_diagnostics(a["model"], a["bridge"], tok, diag_probs, args.n_train, seed=args.seed)
             res["bridge"][name]["diagnostics"] = d
             log(f"{name}: Bridge update / hidden norm per block "
@@ -313,13 +318,14 @@ def main(argv=None) -> int:
     ap.add_argument("--sft-check-every", type=int, default=100)
     ap.add_argument("--sft-ckpt", default=None, help="load the SFT start from this .safetensors if it exists, "
                     "else save it there after SFT")
-    ap.add_argument("--arms", default="indep,bridge,bridge_frozen")
+    ap.add_argument("--arms", default="indep,bridge,bridge_frozen,selfonly_frozen")
     ap.add_argument("--rl-steps", type=int, default=100000)
     ap.add_argument("--rl-min-s", type=float, default=120.0, help="seconds kept for RL when sizing SFT")
     ap.add_argument("--rl-prompts", type=int, default=64)
     ap.add_argument("--n-train", type=int, default=4)
-    ap.add_argument("--rl-lr", type=float, default=3e-4)
-    ap.add_argument("--bridge-lr-mult", type=float, default=10.0)
+    ap.add_argument("--rl-lr", type=float, default=3e-5, help="base weights (3e-4 collapsed the full-model arms "
+                    "on the H100 run of 2026-12-07)")
+    ap.add_argument("--bridge-lr-mult", type=float, default=100.0, help="Bridge blocks: rl-lr x this (3e-3)")
     ap.add_argument("--bridge-rank", type=int, default=None)
     ap.add_argument("--bridge-heads", type=int, default=4)
     ap.add_argument("--extra-frac", type=float, default=0.04)

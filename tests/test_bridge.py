@@ -82,6 +82,11 @@ def test_samples_see_their_group_and_never_another_prompt():
     # without Bridge, sample 0 does not depend on sample 1 at all
     with br.disabled():
         assert torch.equal(_logits(m, ids2, mask, n)[0], _logits(m, ids, mask, n)[0])
+    # nor with group_override=1 (the self-only control), which still changes the logits (blocks act per token)
+    br.group_override = 1
+    alone = _logits(m, ids, mask, n)
+    assert torch.equal(_logits(m, ids2, mask, n)[0], alone[0])
+    assert (alone[0] - base[0]).abs().max() > 1e-3
 
 
 def test_without_groups_the_batch_is_one_group_with_a_warning():

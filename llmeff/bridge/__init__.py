@@ -125,6 +125,8 @@ class Bridge(nn.Module):
     Attributes:
         blocks: ``nn.ModuleDict`` ``{str(layer_index): BridgeBlock}``.
         layers: the decoder-layer indices after which a block runs.
+        group_override: when set, the group size used whatever :func:`groups` says (``1``: each sample attends
+            only to itself, i.e. the blocks become per-token adapters without interaction: a control).
     """
 
     def __init__(self, model: nn.Module, blocks: dict[int, BridgeBlock], freeze_base: bool):
@@ -136,6 +138,7 @@ class Bridge(nn.Module):
         self._handles: list = []
         self._requires_grad: list[tuple[nn.Parameter, bool]] = []
         self.enabled = True
+        self.group_override: int | None = None   # e.g. 1: every sample alone (a control without interaction)
         self._warned = False
         if freeze_base:
             for p in model.parameters():
@@ -166,8 +169,8 @@ class Bridge(nn.Module):
             if not isinstance(h, torch.Tensor) or h.dim() != 3:
                 return None
             B, S, _ = h.shape
-            n = self.state.n or B
-            if self.state.n is None and B > 1 and not self._warned:
+            n = self.group_override or self.state.n or B
+            if self.group_override is None and self.state.n is None and B > 1 and not self._warned:
                 import warnings
 
                 warnings.warn(f"Bridge: no bridge.groups(model, n) block is active, so the whole batch of {B} "
