@@ -3,6 +3,7 @@
 Submodules (imported on use; ``transformers`` is needed only by them, never by ``import llmeff``):
 ``llmeff.griffin`` (FF expert selection), ``llmeff.kvcache`` (cache compression),
 ``llmeff.tp`` (low-bit tensor-parallel communication), ``llmeff.caprese`` (low-rank distillation).
+``llmeff.bridge`` (interdependent parallel generations: Bridge blocks, GRPO training).
 """
 from .errors import (LLMEffError, LLMEffFileNotFoundError, LLMEffValueError, LLMEffWorkerError,
                      UnsupportedModelError)
