@@ -8,12 +8,15 @@ with the hand-set ("classic") ones on held-out problems.
 
 What is learned: the decay ``rho``, the step ``eta`` and ``zeta1_scale``, a factor on the data-derived first
 threshold (the data-driven estimates of ``zeta0`` and ``zeta1`` stay; ``zeta0_scale`` stays 1: a ``zeta0`` below
-``max|X*|`` is fatal for spiky ``X*``). Objective, per problem: the number of iterations until the relative error
-``||X_k - X*||_F / ||X*||_F`` (exact, in r-space) is <= 1e-5, or a failure (200 iterations). A candidate's cost is
+``max|X*|`` is fatal for spiky ``X*``). Objective, per problem (float32, as on a GPU): the number of iterations until
+rpca stops by itself (relative change below ``tol``), where it then holds the answer (relative error
+``||X - X*||_F / ||X*||_F <= 1e-5`` and not flagged), else a failure (200 iterations). A candidate's cost is
 ``1000 x failures + total iterations`` over the training family, so it first has to succeed as often as possible
-and then be fast. Search: the classic values, 24 random candidates (``rho`` in [0.6, 0.95], ``eta`` in
-[0.3, 0.9], ``zeta1_scale`` log-uniform in [0.25, 4]), then a coordinate refinement (halving steps) around the
-best. Training family: 32 problems, order 3 (sides 24-40, ranks 2-6) and 4 (sides 9-13, ranks 2-3), kappa
+and then be fast. (A first objective, iterations until the error first reaches 1e-5, picked a faster-decaying
+set that then needed about twice the iterations to *stop* on float32 problems: what a user waits for is the stop.) Search: the classic values, 12 random candidates (``rho`` in [0.8, 0.95], ``eta`` in
+[0.3, 0.8], ``zeta1_scale`` log-uniform in [0.5, 2.5]; a first run over [0.6, 0.95] x [0.3, 0.9] x [0.25, 4] failed
+on most problems below rho 0.8), then a coordinate refinement (halving steps) around the
+best. Training family: 24 problems, order 3 (sides 20-40, ranks 2-6) and 4 (sides 8-13, ranks 2-3), kappa
 log-uniform in [1, 20], alpha uniform in [0.05, 0.5], corruption magnitude log-uniform in [3, 1000]. Held out:
 a different seed range of the same family plus the test suite's grid shapes.
 
@@ -53,10 +56,10 @@ def family(seed: int, small: bool = False) -> dict:
     rng = np.random.default_rng(seed)
     order = 3 if rng.random() < 0.7 else 4
     if order == 3:
-        shape = tuple(int(s) for s in rng.integers(24, 41, 3)) if not small else (14, 15, 16)
+        shape = tuple(int(s) for s in rng.integers(20, 41, 3)) if not small else (14, 15, 16)
         ranks = tuple(int(r) for r in rng.integers(2, 7, 3)) if not small else (2, 2, 2)
     else:
-        shape = tuple(int(s) for s in rng.integers(9, 14, 4)) if not small else (7, 8, 8, 9)
+        shape = tuple(int(s) for s in rng.integers(8, 14, 4)) if not small else (7, 8, 8, 9)
         ranks = tuple(int(r) for r in rng.integers(2, 4, 4)) if not small else (2, 2, 2, 2)
     # a rank may not exceed the product of the others
     ranks = tuple(min(r, int(np.prod([q for j, q in enumerate(ranks) if j != i]))) for i, r in enumerate(ranks))
@@ -65,13 +68,17 @@ def family(seed: int, small: bool = False) -> dict:
             "seed": int(seed)}
 
 
+class _Reached(Exception):
+    pass
+
+
 class Problem:
     """A synthetic problem with its data-derived thresholds cached (they do not depend on what is learned)."""
 
     def __init__(self, spec: dict):
         self.spec = spec
         p = synthetic_rpca(spec["shape"], spec["ranks"], kappa=spec["kappa"], alpha=spec["alpha"],
-                           magnitude=spec["magnitude"], seed=spec["seed"])
+                           magnitude=spec["magnitude"], seed=spec["seed"], dtype=torch.float32)
         self.p = p
         self.norm2 = float(tucker_inner(p.core, p.factors, p.core, p.factors))
         with warnings.catch_warnings():
@@ -79,8 +86,9 @@ class Problem:
             r0 = rpca(p.Y, spec["ranks"], max_iter=0, params="classic")
         self.zeta0, self.zeta1 = float(r0.params.zeta0), float(r0.params.zeta1)
 
-    def run(self, params: RPCAParams, max_iter: int = FAIL_ITERS) -> dict:
-        """Iterations to TARGET (None: not reached), final error, iterations run."""
+    def run(self, params: RPCAParams, max_iter: int = FAIL_ITERS, early_stop: bool = False) -> dict:
+        """Iterations to TARGET (None: not reached), final error, iterations run. ``early_stop`` (learning):
+        stop as soon as the target is reached (the rest of the run does not change the objective)."""
         first = [None]
         p = self.p
 
@@ -90,20 +98,27 @@ class Problem:
                       - 2 * float(tucker_inner(core, factors, p.core, p.factors)))
                 if math.sqrt(max(e2, 0.0) / self.norm2) <= TARGET:
                     first[0] = k
+                    if early_stop:
+                        raise _Reached
 
         q = RPCAParams(zeta0=self.zeta0, zeta1=params.zeta1_scale * self.zeta1, rho=params.rho, eta=params.eta)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = rpca(p.Y, self.spec["ranks"], max_iter=max_iter, params=q, callback=cb)
+            try:
+                res = rpca(p.Y, self.spec["ranks"], max_iter=max_iter, params=q, callback=cb)
+            except _Reached:
+                return {"iters_to_target": first[0], "final_error": None, "n_iter": first[0], "ok": True}
         err = float((res.low_rank - p.low_rank).norm() / p.low_rank.norm())
         return {"iters_to_target": first[0], "final_error": err, "n_iter": res.n_iter,
                 "ok": err <= TARGET and not res.checks.get("likely_wrong", False)}
 
 
 def cost(params: RPCAParams, problems) -> tuple[float, list]:
+    """What a user waits for: the iterations until rpca stops by itself (tol), counted where it then holds the
+    answer (relative error <= TARGET, not flagged); a failure costs 1000 + FAIL_ITERS."""
     runs = [pr.run(params) for pr in problems]
-    fails = sum(r["iters_to_target"] is None for r in runs)
-    total = sum(r["iters_to_target"] or FAIL_ITERS for r in runs)
+    fails = sum(not r["ok"] for r in runs)
+    total = sum(r["n_iter"] if r["ok"] else FAIL_ITERS for r in runs)
     return 1000.0 * fails + total, runs
 
 
@@ -114,15 +129,15 @@ def learn(problems, n_random: int, seed: int, log) -> tuple[RPCAParams, list]:
     def evaluate(vals: dict) -> float:
         prm = RPCAParams(**vals)
         c, runs = cost(prm, problems)
-        trials.append({"params": vals, "cost": c, "fails": sum(r["iters_to_target"] is None for r in runs)})
+        trials.append({"params": vals, "cost": c, "fails": sum(not r["ok"] for r in runs)})
         log(f"  cost {c:8.0f}  fails {trials[-1]['fails']:2d}  {json.dumps({k: round(v, 4) for k, v in vals.items()})}")
         return c
 
     classic = {"rho": 0.9, "eta": 0.5, "zeta1_scale": 1.0}
     best, best_c = dict(classic), evaluate(classic)
     for _ in range(n_random):
-        cand = {"rho": float(rng.uniform(0.6, 0.95)), "eta": float(rng.uniform(0.3, 0.9)),
-                "zeta1_scale": float(np.exp(rng.uniform(math.log(0.25), math.log(4))))}
+        cand = {"rho": float(rng.uniform(0.8, 0.95)), "eta": float(rng.uniform(0.3, 0.8)),
+                "zeta1_scale": float(np.exp(rng.uniform(math.log(0.5), math.log(2.5))))}
         c = evaluate(cand)
         if c < best_c:
             best, best_c = cand, c
@@ -147,17 +162,19 @@ def learn(problems, n_random: int, seed: int, log) -> tuple[RPCAParams, list]:
 def heldout_table(problems, named: dict, log) -> tuple[Table, dict]:
     table = Table(f"rpca defaults on {len(problems)} held-out synthetic problems (orders 3-4, kappa 1-20, "
                   "alpha 0.05-0.5): iterations to relative error 1e-5",
-                  ["defaults", "reached 1e-5", "median iterations to 1e-5", "mean iterations (reached by both)",
-                   "median final error"])
+                  ["defaults", "reached 1e-5", "median iterations to 1e-5", "median iterations until rpca stops",
+                   "mean iterations until it stops (solved by both)", "median final error"])
     out = {}
     for name, prm in named.items():
         out[name] = [pr.run(prm) for pr in problems]
-    both = [i for i in range(len(problems)) if all(out[n][i]["iters_to_target"] is not None for n in named)]
+    both = [i for i in range(len(problems)) if all(out[n][i]["ok"] for n in named)]
     for name, runs in out.items():
         its = [r["iters_to_target"] for r in runs if r["iters_to_target"] is not None]
+        stops = [r["n_iter"] for r in runs if r["ok"]]
         table.add([name, f"{sum(r['ok'] for r in runs)} / {len(runs)}",
                    float(np.median(its)) if its else float("nan"),
-                   float(np.mean([runs[i]["iters_to_target"] for i in both])) if both else float("nan"),
+                   float(np.median(stops)) if stops else float("nan"),
+                   float(np.mean([runs[i]["n_iter"] for i in both])) if both else float("nan"),
                    float(np.median([r["final_error"] for r in runs]))])
         log(f"{name}: reached {sum(r['ok'] for r in runs)}/{len(runs)}")
     return table, out
@@ -165,9 +182,9 @@ def heldout_table(problems, named: dict, log) -> tuple[Table, dict]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--train", type=int, default=32, help="training problems (seeds 0..)")
+    ap.add_argument("--train", type=int, default=24, help="training problems (seeds 0..)")
     ap.add_argument("--heldout", type=int, default=40, help="held-out problems (seeds 10000..)")
-    ap.add_argument("--random", type=int, default=24, help="random candidates before the refinement")
+    ap.add_argument("--random", type=int, default=12, help="random candidates before the refinement")
     ap.add_argument("--write", action="store_true", help="write data/rpca_defaults.json and tensorrpca/_defaults.py")
     ap.add_argument("--eval-only", action="store_true", help="skip learning; compare the shipped defaults")
     ap.add_argument("--smoke", action="store_true")
@@ -190,8 +207,8 @@ def main(argv=None) -> int:
         if args.write and not args.smoke:
             doc = {"format": "tensorrpca.defaults", "version": 1, "params": learned_d,
                    "command": "python benchmarks/learn_rpca_defaults.py --write",
-                   "objective": f"1000 x failures + iterations to relative error {TARGET:g} ({FAIL_ITERS} for a "
-                                "failure), summed over the training family",
+                   "objective": f"1000 x failures + iterations until rpca stops (tol) holding relative error <= "
+                                f"{TARGET:g} ({FAIL_ITERS} for a failure), summed over the training family (float32)",
                    "training_family": {"seeds": [0, args.train], "orders": [3, 4], "kappa": [1, 20],
                                        "alpha": [0.05, 0.5], "magnitude": [3, 1000]},
                    "n_candidates": len(trials), "date": time.strftime("%Y-%m-%d")}
