@@ -98,20 +98,25 @@ def relerr(a, b) -> float:
 
 
 class contract_precision:
-    """Set the fused pass's contraction precision for a block (module default otherwise)."""
+    """Set the contraction precision of the fused pass for a block: the kernel's default and the one ScaledGD's
+    steps ask for (``tensorrpca.scaledgd.STEP_CONTRACT_PRECISION``)."""
 
     def __init__(self, prec):
         self.prec = prec
 
     def __enter__(self):
         from tensorkernels import _triton_rpca
+        import tensorrpca.scaledgd as sg
 
-        self.mod, self.old = _triton_rpca, _triton_rpca.CONTRACT_PRECISION
+        self.old = (_triton_rpca.CONTRACT_PRECISION, sg.STEP_CONTRACT_PRECISION)
         if self.prec is not None:
-            _triton_rpca.CONTRACT_PRECISION = self.prec
+            _triton_rpca.CONTRACT_PRECISION = sg.STEP_CONTRACT_PRECISION = self.prec
 
     def __exit__(self, *exc):
-        self.mod.CONTRACT_PRECISION = self.old
+        from tensorkernels import _triton_rpca
+        import tensorrpca.scaledgd as sg
+
+        _triton_rpca.CONTRACT_PRECISION, sg.STEP_CONTRACT_PRECISION = self.old
 
 
 class exact_init:
@@ -178,9 +183,9 @@ def main(argv=None) -> int:
     env = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "ranks": ranks, "sizes": sizes,
            "default_params": vars(default_params()), "torch": torch.__version__}
     try:
-        from tensorkernels import _triton_rpca
+        import tensorrpca.scaledgd as sg
 
-        env["default_contract_precision"] = _triton_rpca.CONTRACT_PRECISION
+        env["default_contract_precision"] = sg.STEP_CONTRACT_PRECISION
     except Exception:  # pragma: no cover
         pass
     print(f"== {env['device']}: sizes {sizes}, ranks {ranks}, kappa {args.kappa}, alpha {args.alpha}, float32",

@@ -69,6 +69,7 @@ def residual_contract(
     mode: str = "hard",
     backend: str | None = None,
     missing: bool = False,
+    contract_precision: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(PN, Q)`` of the thresholded residual (see the module docstring).
 
@@ -78,6 +79,8 @@ def residual_contract(
             time, so a captured CUDA graph can be replayed with a new threshold); mode: ``"hard"`` or ``"soft"``; backend: see :mod:`tensorkernels`.
         missing: treat NaN entries of ``Y`` as missing (their residual is 0; tensor completion). Without it the
             result for a NaN in ``Y`` is unspecified.
+        contract_precision: Triton on a GPU with fp32 inputs only: precision of the two contractions of ``R``
+            (``"tf32x3"`` default, ``"tf32"``, ``"bf16"``; see ``tensorkernels._triton_rpca.CONTRACT_PRECISION``).
     Returns:
         ``PN`` of shape ``(P, I, r_N)`` and ``Q`` of shape ``(P, r_{N-1}, J)``.
     """
@@ -89,5 +92,6 @@ def residual_contract(
     if resolve_backend(backend, Y, H, UN, Uprev) == "triton":
         from ._triton_rpca import triton_residual_contract
 
-        return triton_residual_contract(Y, H, UN, Uprev, zeta, mode, missing=missing)
+        return triton_residual_contract(Y, H, UN, Uprev, zeta, mode, missing=missing,
+                                        contract_precision=contract_precision)
     return residual_contract_torch(Y, H, UN, Uprev, zeta, mode, missing=missing)
