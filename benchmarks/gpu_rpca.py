@@ -1,23 +1,32 @@
-"""GPU numbers for tensor RPCA and the kernels it builds on (one process, < 3 minutes on an H100).
+"""GPU numbers for tensor RPCA: end to end next to the memory floor and tensorly, a profile, per-iteration parts.
 
-    python benchmarks/gpu_rpca.py --out $OUT/gpu_rpca.json        # CUDA: 512^3 float32, ranks (10,10,10)
-    python benchmarks/gpu_rpca.py --smoke --out /tmp/gpu_rpca.json  # tiny, on CPU (Triton interpreter if set)
+    python benchmarks/gpu_rpca.py --out $JOB_OUT/gpu_rpca.json    # CUDA: 256^3 and 512^3 float32, ranks (10,10,10)
+    TRITON_INTERPRET=1 python benchmarks/gpu_rpca.py --smoke --out /tmp/gpu_rpca.json   # tiny, on CPU, same code
 
-Reports
-* per-iteration time of ScaledGD (:func:`tensorrpca.scaledgd.scaledgd_step`): torch path (mode products with
-  matmul, unfused thresholding, X and R materialised) vs the fused Triton path; agreement of the two
-  paths after one step; the step replayed from a CUDA graph, as :func:`tensorrpca.rpca` runs it on CUDA;
-* the memory-bandwidth floor: bytes that must move per iteration (one read of Y; the rest is r/I smaller)
-  divided by the device copy bandwidth measured here (``dst.copy_(src)``, 2 bytes moved per byte copied);
-* a full ``rpca`` run on the same problem: iterations, seconds, relative error vs X*;
-* tensorkernels foundation: threshold_residual and tucker_to_tensor / mode_product, Triton vs torch reference on a
-  512^3 float32 tensor (max relative error, time).
+One process, one problem per size (rank (10,10,10), kappa 5, 10 % corruption of magnitude 10, float32):
+
+* memory bandwidth measured here with a device-to-device copy (``dst.copy_(src)``: 2 bytes move per byte
+  copied); the per-iteration floor is one read of ``Y`` at that bandwidth (everything else an iteration touches
+  is r/I smaller), the end-to-end floor that times the iteration count;
+* end to end (median of 3 warm runs, CUDA-synchronised): ``rpca`` with its defaults, with ``params="learned"``,
+  with each contraction precision of the fused pass (``tf32x3`` / ``tf32`` / ``bf16``; the difference of the
+  result to the ``tf32x3`` one is reported), with the exact (Gram) spectral initialisation instead of the
+  randomized one, with 30 % of the entries missing (``mask=``), and plain torch (``backend="torch"``, no graph);
+  tensorly's ``robust_pca`` on the GPU (pytorch backend, reg_E swept, the best kept) at the smallest size;
+* a profile of one default run (``rpca(..., profile=True)``: phases synchronised) and the per-iteration parts:
+  the fused pass alone per contraction precision, one graph-replayed step with a host sync (the old stopping
+  rule), steps as ``rpca`` runs them (pipelined), and replays without any sync (GPU time of a step).
+
+Each section is guarded: a failure is recorded in the JSON and the rest still runs; sections past ``--budget``
+seconds are skipped (and say so).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -26,10 +35,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import Table, results_dir  # noqa: E402
 
-from tensorkernels import mode_product, threshold_residual, tucker_to_tensor  # noqa: E402
+import tensorrpca._init as rinit  # noqa: E402
+from tensorkernels import mode_product, multi_mode_product, residual_contract, threshold_residual, tucker_to_tensor  # noqa: E402
 from tensorrpca import rpca  # noqa: E402
-from tensorrpca.scaledgd import _GraphStep, scaledgd_step, spectral_init  # noqa: E402
+from tensorrpca.scaledgd import _as3, _GraphStep, default_params, scaledgd_step, spectral_init  # noqa: E402
 from tensorrpca.synthetic import synthetic_rpca  # noqa: E402
+
+PRECISIONS = ("tf32x3", "tf32", "bf16")
 
 
 def _sync():
@@ -59,144 +71,372 @@ def bench(fn, warmup=3, repeat=20) -> float:
     return times[len(times) // 2]
 
 
+def wall(fn, warmup=1, repeat=3):
+    """(median wall seconds, last result) of a whole call, CUDA-synchronised."""
+    res = None
+    for _ in range(warmup):
+        res = fn()
+    ts = []
+    for _ in range(repeat):
+        _sync()
+        t0 = time.perf_counter()
+        res = fn()
+        _sync()
+        ts.append(time.perf_counter() - t0)
+    ts.sort()
+    return ts[len(ts) // 2], res
+
+
 def maxrel(a, b) -> float:
     a, b = a.double(), b.double()
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=512)
-    ap.add_argument("--ranks", default="10,10,10")
-    ap.add_argument("--alpha", type=float, default=0.1)
-    ap.add_argument("--smoke", action="store_true", help="tiny problem on CPU (checks the script runs)")
-    ap.add_argument("--no-full", action="store_true", help="skip the full rpca run")
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args(argv)
-    cuda = torch.cuda.is_available() and not args.smoke
-    dev = "cuda" if cuda else "cpu"
-    size = 24 if args.smoke else args.size
-    ranks = tuple(int(r) for r in args.ranks.split(","))
-    if args.smoke:
-        ranks = tuple(min(r, 3) for r in ranks)
-    shape = (size,) * len(ranks)
-    rep = 3 if args.smoke else 20
-    can_triton = cuda or __import__("os").environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = False
-    t_start = time.perf_counter()
-    env = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "shape": shape, "ranks": ranks}
-    print(f"== {env['device']}: {shape} float32, ranks {ranks}", flush=True)
+def relerr(a, b) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm())
 
-    p = synthetic_rpca(shape, ranks, kappa=5, alpha=args.alpha, seed=0, dtype=torch.float32, device=dev)
-    Y = p.Y
-    nbytes = Y.numel() * Y.element_size()
 
-    # --- memory bandwidth (device copy) and the per-iteration floor
-    dst = torch.empty_like(Y)
-    t_copy = bench(lambda: dst.copy_(Y), repeat=rep)
-    bw = 2 * nbytes / t_copy
-    del dst
-    floor = nbytes / bw  # one read of Y per iteration
-    print(f"copy bandwidth {bw / 1e12:.3f} TB/s; floor per iteration (one read of Y) {floor * 1e3:.3f} ms", flush=True)
+class contract_precision:
+    """Set the contraction precision of the fused pass for a block: the kernel's default and the one ScaledGD's
+    steps ask for (``tensorrpca.scaledgd.STEP_CONTRACT_PRECISION``)."""
 
-    # --- one ScaledGD step, torch vs fused
-    factors, core = spectral_init(Y, ranks, zeta0=1.25 * float(p.low_rank.abs().max()))
-    zeta, eta = 0.5, 0.5
-    table = Table(f"ScaledGD tensor RPCA per iteration, {shape} float32, ranks {ranks} ({env['device']})",
-                  ["path", "ms / iteration", "x floor", "max rel. diff vs torch (1 step)"])
-    ref_f, ref_c = scaledgd_step(Y, factors, core, zeta, eta, backend="torch")
-    t_torch = bench(lambda: scaledgd_step(Y, factors, core, zeta, eta, backend="torch"), repeat=rep)
-    table.add(["torch (matmul mode products, unfused threshold)", t_torch * 1e3, t_torch / floor, 0.0])
-    results = {"copy_bandwidth_Bps": bw, "floor_s": floor, "torch_step_s": t_torch}
-    if can_triton:
-        f_f, f_c = scaledgd_step(Y, factors, core, zeta, eta, backend="triton")
-        diff = max([maxrel(a, b) for a, b in zip(f_f, ref_f)] + [maxrel(f_c, ref_c)])
-        t_fused = bench(lambda: scaledgd_step(Y, factors, core, zeta, eta, backend="triton"), repeat=rep)
-        table.add(["fused Triton residual pass", t_fused * 1e3, t_fused / floor, diff])
-        results.update(fused_step_s=t_fused, fused_vs_torch_maxrel=diff)
-        try:
-            gs = _GraphStep(Y, factors, core, zeta, eta, "hard", "triton")
-            t_graph = bench(lambda: gs(zeta), repeat=rep)  # includes reading the relative change (a sync)
-            table.add(["fused Triton + CUDA graph (as rpca runs it)", t_graph * 1e3, t_graph / floor, diff])
-            results.update(graph_step_s=t_graph, cuda_graph="ok")
-            del gs
-        except Exception as exc:  # pragma: no cover
-            results["cuda_graph"] = f"{type(exc).__name__}: {exc}"[:200]
-        # the residual pass alone
-        from tensorkernels.rpca_fused import residual_contract
+    def __init__(self, prec):
+        self.prec = prec
 
-        from tensorrpca.scaledgd import _as3
-        from tensorkernels import multi_mode_product
+    def __enter__(self):
+        from tensorkernels import _triton_rpca
+        import tensorrpca.scaledgd as sg
 
-        H = _as3(multi_mode_product(core, list(factors[:-1]), modes=list(range(len(shape) - 1))))
-        args3 = (_as3(Y), H, factors[-1], factors[-2], zeta)
-        t_pass = bench(lambda: residual_contract(*args3, backend="triton"), repeat=rep)
-        t_pass_torch = bench(lambda: residual_contract(*args3, backend="torch"), repeat=rep)
-        results.update(fused_pass_s=t_pass, torch_pass_s=t_pass_torch)
-        table.add(["  residual pass only, fused", t_pass * 1e3, t_pass / floor, ""])
-        table.add(["  residual pass only, torch", t_pass_torch * 1e3, t_pass_torch / floor, ""])
-    table.print()
+        self.old = (_triton_rpca.CONTRACT_PRECISION, sg.STEP_CONTRACT_PRECISION)
+        if self.prec is not None:
+            _triton_rpca.CONTRACT_PRECISION = sg.STEP_CONTRACT_PRECISION = self.prec
 
-    # --- full rpca
-    full = {}
-    if not args.no_full:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    def __exit__(self, *exc):
+        from tensorkernels import _triton_rpca
+        import tensorrpca.scaledgd as sg
+
+        _triton_rpca.CONTRACT_PRECISION, sg.STEP_CONTRACT_PRECISION = self.old
+
+
+class exact_init:
+    """Spectral initialisation by full Gram eigendecompositions (the randomized range finder off)."""
+
+    def __enter__(self):
+        self.old = rinit.RANDOMIZED_MIN_ENTRIES
+        rinit.RANDOMIZED_MIN_ENTRIES = 1 << 62
+
+    def __exit__(self, *exc):
+        rinit.RANDOMIZED_MIN_ENTRIES = self.old
+
+
+def tensorly_gpu(Y, X, grid, n_iter_max=100):
+    """tensorly's robust_pca with the pytorch backend on Y's device; the reg_E with the lowest error wins."""
+    import tensorly as tl
+    from tensorly.decomposition import robust_pca
+
+    tl.set_backend("pytorch")
+    sweep, best = [], None
+    try:
+        for reg in grid:
             _sync()
             t0 = time.perf_counter()
-            res = rpca(Y, ranks)
+            D, E, errs = robust_pca(Y, reg_E=reg, n_iter_max=n_iter_max, tol=1e-6, verbose=0, return_errors=True)
             _sync()
             secs = time.perf_counter() - t0
-        err = float((res.low_rank.double() - p.low_rank.double()).norm() / p.low_rank.double().norm())
-        full = {"seconds": secs, "n_iter": res.n_iter, "rel_error": err, "converged": res.converged,
-                "params": vars(res.params)}
-        print(f"full rpca (defaults): {res.n_iter} iterations, {secs:.2f} s, rel. error {err:.2e}", flush=True)
-        del res
+            err = relerr(D, X)
+            sweep.append({"reg_E": reg, "rel_error": err, "seconds": secs, "n_iter": len(errs)})
+            print(f"  tensorly reg_E={reg:.4g}: err {err:.2e}, {secs:.2f} s", flush=True)
+            if best is None or err < best["rel_error"]:
+                best = sweep[-1]
+            del D, E
+    finally:
+        tl.set_backend("numpy")
+    return best, sweep
 
-    # --- tensorkernels foundation
-    kt = Table(f"kernels on {shape} float32 ({env['device']}): Triton vs torch reference",
-               ["kernel", "torch ms", "triton ms", "auto ms", "max rel. error"])
-    X = p.low_rank
-    kt_rows = []
 
-    def add(name, f_torch, f_triton, f_auto):
-        """torch reference, forced Triton, and the automatic choice (what library code gets by default)."""
-        a = f_torch()
-        t_t = bench(f_torch, repeat=rep)
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="256,512")
+    ap.add_argument("--ranks", default="10,10,10")
+    ap.add_argument("--alpha", type=float, default=0.1)
+    ap.add_argument("--kappa", type=float, default=5.0)
+    ap.add_argument("--tensorly-size", type=int, default=256, help="size at which tensorly runs (0: skip)")
+    ap.add_argument("--tl-grid", default="2,4,8", help="reg_E grid, multiples of 1/sqrt(max unfolding dim)")
+    ap.add_argument("--budget", type=float, default=140.0, help="skip the remaining sections after this many s")
+    ap.add_argument("--smoke", action="store_true", help="tiny problem on CPU (checks the script runs)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    t_start = time.perf_counter()
+    cuda = torch.cuda.is_available() and not args.smoke
+    dev = "cuda" if cuda else "cpu"
+    ranks = tuple(int(r) for r in args.ranks.split(","))
+    sizes = [int(s) for s in args.sizes.split(",")]
+    if args.smoke:
+        sizes, ranks = [16], tuple(min(r, 3) for r in ranks)
+        args.tensorly_size, args.budget = 16, float("inf")
+    n_wall = 1 if args.smoke else 3
+    rep = 3 if args.smoke else 20
+    can_triton = cuda or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = False
+    env = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "ranks": ranks, "sizes": sizes,
+           "default_params": vars(default_params()), "torch": torch.__version__}
+    try:
+        import tensorrpca.scaledgd as sg
+
+        env["default_contract_precision"] = sg.STEP_CONTRACT_PRECISION
+    except Exception:  # pragma: no cover
+        pass
+    print(f"== {env['device']}: sizes {sizes}, ranks {ranks}, kappa {args.kappa}, alpha {args.alpha}, float32",
+          flush=True)
+    out = {"setup": env, "sizes": {}, "errors": [], "skipped": []}
+    out_path = Path(args.out) if args.out else results_dir() / "gpu_rpca.json"
+    tables: list[Table] = []
+
+    def section(name, fn):
+        if time.perf_counter() - t_start > args.budget:
+            out["skipped"].append(name)
+            print(f"-- skipped {name} (budget)", flush=True)
+            return None
+        try:
+            return fn()
+        except Exception as exc:  # keep going: one failing section must not lose the others
+            out["errors"].append({"section": name, "error": f"{type(exc).__name__}: {exc}"[:500],
+                                  "trace": traceback.format_exc()[-2000:]})
+            print(f"!! {name} failed: {type(exc).__name__}: {exc}", flush=True)
+            return None
+
+    e2e = Table(f"rpca end to end, float32, ranks {ranks}, kappa {args.kappa:g}, alpha {args.alpha:g} "
+                f"({env['device']}): median of 3 warm runs",
+                ["size", "method", "seconds", "iterations", "rel. error", "floor (s)", "x floor", "note"])
+    prof = Table(f"profile of one default rpca run ({env['device']}; phases CUDA-synchronised)",
+                 ["size", "phase", "ms", "share", "note"])
+    it_t = Table(f"one ScaledGD iteration ({env['device']}); floor = one read of Y at the measured bandwidth",
+                 ["size", "path", "ms / iteration", "x floor", "note"])
+    tables += [e2e, prof, it_t]
+
+    for n in sizes:
+        rec: dict = {}
+        out["sizes"][str(n)] = rec
+        shape = (n,) * len(ranks)
+        p = synthetic_rpca(shape, ranks, kappa=args.kappa, alpha=args.alpha, seed=0, dtype=torch.float32, device=dev)
+        Y, Xt = p.Y, p.low_rank
+        nbytes = Y.numel() * Y.element_size()
+
+        # --- bandwidth and floor
+        dst = torch.empty_like(Y)
+        t_copy = bench(lambda: dst.copy_(Y), repeat=rep)
+        del dst
+        bw = 2 * nbytes / t_copy
+        floor = nbytes / bw
+        rec.update(copy_bandwidth_Bps=bw, floor_per_iteration_s=floor, bytes_Y=nbytes)
+        print(f"-- {shape}: copy bandwidth {bw / 1e12:.3f} TB/s, floor per iteration {floor * 1e3:.4f} ms", flush=True)
+
+        def run_e2e(name, note="", ref=None, **kw):
+            def call():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    return rpca(Y, ranks, **kw)
+            secs, res = wall(call, warmup=1, repeat=n_wall)
+            err = relerr(res.low_rank, Xt)
+            fl = res.n_iter * floor
+            row = {"method": name, "seconds": secs, "n_iter": res.n_iter, "rel_error": err, "floor_s": fl,
+                   "x_floor": secs / fl if fl else None, "converged": res.converged,
+                   "params": {k: v for k, v in vars(res.params).items()}}
+            if ref is not None:
+                row["rel_diff_vs_tf32x3"] = relerr(res.low_rank, ref)
+                note = (note + f" diff vs tf32x3 {row['rel_diff_vs_tf32x3']:.1e}").strip()
+            e2e.add([n, name, secs, res.n_iter, err, fl, row["x_floor"], note])
+            rec.setdefault("end_to_end", []).append(row)
+            print(f"   {name}: {secs * 1e3:.1f} ms, {res.n_iter} it, err {err:.2e} {note}", flush=True)
+            return res
+
+        # --- end to end: the defaults first (the goal), then the variants
+        section(f"{n}: defaults", lambda: run_e2e("ours, defaults"))
+        section(f"{n}: learned", lambda: run_e2e('ours, params="learned"', params="learned"))
+        ref = None
         if can_triton:
-            b = f_triton()
-            t_k = bench(f_triton, repeat=rep)
-            e = maxrel(b, a)
-        else:
-            t_k, e = float("nan"), float("nan")
-        t_a = bench(f_auto, repeat=rep)
-        kt.add([name, t_t * 1e3, t_k * 1e3, t_a * 1e3, e])
-        kt_rows.append({"kernel": name, "torch_s": t_t, "triton_s": t_k, "auto_s": t_a, "max_rel_error": e})
+            def prec_rows():
+                nonlocal ref
+                with contract_precision("tf32x3"):
+                    ref = run_e2e("ours, contractions tf32x3").low_rank
+                for prec in PRECISIONS[1:]:
+                    with contract_precision(prec):
+                        run_e2e(f"ours, contractions {prec}", ref=ref)
+            section(f"{n}: precisions", prec_rows)
 
-    add("threshold_residual (hard, residual)",
-        lambda: threshold_residual(Y, X, 0.5, out="residual", backend="torch"),
-        lambda: threshold_residual(Y, X, 0.5, out="residual", backend="triton"),
-        lambda: threshold_residual(Y, X, 0.5, out="residual"))
-    G, Us = p.core.float(), [U.float() for U in p.factors]
-    add("tucker_to_tensor (core -> full)",
-        lambda: tucker_to_tensor(G, Us, backend="torch"), lambda: tucker_to_tensor(G, Us, backend="triton"),
-        lambda: tucker_to_tensor(G, Us))
-    add("mode_product R x_1 U^T (full -> r)",
-        lambda: mode_product(Y, Us[0], 0, transpose=True, backend="torch"),
-        lambda: mode_product(Y, Us[0], 0, transpose=True, backend="triton"),
-        lambda: mode_product(Y, Us[0], 0, transpose=True))
-    add("mode_product R x_2 U^T (full -> r)",
-        lambda: mode_product(Y, Us[1], 1, transpose=True, backend="torch"),
-        lambda: mode_product(Y, Us[1], 1, transpose=True, backend="triton"),
-        lambda: mode_product(Y, Us[1], 1, transpose=True))
-    kt.print()
+        def exact():
+            with exact_init():
+                run_e2e("ours, exact (Gram) spectral init")
+        section(f"{n}: exact init", exact)
 
-    out = Path(args.out) if args.out else results_dir() / "gpu_rpca.json"
-    table.write_json(out, extra={"step": results, "full_rpca": full, "kernels": kt_rows, "setup": env,
-                                 "wall_s": time.perf_counter() - t_start})
-    print(f"\nwrote {out} ({time.perf_counter() - t_start:.1f} s)")
+        def masked():
+            g = torch.Generator(device=dev).manual_seed(1)
+            obs = torch.rand(shape, generator=g, device=dev) >= 0.3
+            run_e2e("ours, 30 % missing (mask=)", note="error over all entries", mask=obs)
+        section(f"{n}: mask", masked)
+        section(f"{n}: plain torch", lambda: run_e2e("plain torch ScaledGD (backend='torch', no graph)",
+                                                     backend="torch", cuda_graph=False))
+
+        def graph_vs_eager():  # the pipelined graph loop must give the one-step-at-a-time answer
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                a = rpca(Y, ranks)
+                b = rpca(Y, ranks, cuda_graph=False)
+            rec["graph_vs_eager"] = {"n_iter": [a.n_iter, b.n_iter], "rel_diff": relerr(a.low_rank, b.low_rank),
+                                     "same_history": [h["zeta"] for h in a.history] == [h["zeta"] for h in b.history]}
+            print(f"   graph (pipelined) vs eager: {rec['graph_vs_eager']}", flush=True)
+        if cuda:
+            section(f"{n}: graph vs eager", graph_vs_eager)
+
+        # --- profile of a default run
+        def profile():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                rpca(Y, ranks)
+                res = rpca(Y, ranks, profile=True)
+            tot = sum(res.timings.values())
+            rec["profile"] = {"timings_s": res.timings, "n_iter": res.n_iter, "total_s": tot}
+            for ph, t in res.timings.items():
+                note = ""
+                if ph == "iterations" and res.n_iter:
+                    note = f"{t / res.n_iter * 1e3:.3f} ms / iteration = {t / res.n_iter / floor:.1f} x floor"
+                prof.add([n, ph, t * 1e3, t / tot, note])
+            prof.add([n, "total", tot * 1e3, 1.0, f"{res.n_iter} iterations"])
+        section(f"{n}: profile", profile)
+
+        # --- per-iteration parts
+        def per_iteration():
+            factors, core = spectral_init(Y, ranks, zeta0=1.25 * float(Xt.abs().max()))
+            zeta, eta = 0.5, 0.5
+            parts = {}
+            t = bench(lambda: scaledgd_step(Y, factors, core, zeta, eta, backend="torch"), repeat=rep)
+            it_t.add([n, "torch step, eager (matmul mode products, unfused threshold)", t * 1e3, t / floor, ""])
+            parts["torch_step_s"] = t
+            if not can_triton:
+                rec["iteration"] = parts
+                return
+            H = _as3(multi_mode_product(core, list(factors[:-1]), modes=list(range(len(shape) - 1))))
+            a3 = (_as3(Y), H, factors[-1], factors[-2], zeta)
+            ref64 = residual_contract(*(x.double() for x in a3[:4]), zeta, backend="torch")
+            for prec in PRECISIONS:
+                with contract_precision(prec):
+                    got = residual_contract(*a3, backend="triton")
+                    e = max(maxrel(got[0], ref64[0]), maxrel(got[1], ref64[1]))
+                    t = bench(lambda: residual_contract(*a3, backend="triton"), repeat=rep)
+                it_t.add([n, f"fused residual pass alone, contractions {prec}", t * 1e3, t / floor,
+                          f"max rel. err vs fp64 {e:.1e}"])
+                parts[f"pass_{prec}_s"] = t
+                parts[f"pass_{prec}_maxrel"] = e
+            t = bench(lambda: residual_contract(*a3, backend="torch"), repeat=rep)
+            it_t.add([n, "residual pass alone, torch", t * 1e3, t / floor, ""])
+            parts["pass_torch_s"] = t
+            if not cuda:
+                rec["iteration"] = parts
+                return
+            gs = _GraphStep(Y, factors, core, zeta, eta, "hard", None)
+            t = bench(lambda: gs(zeta), repeat=rep)
+            it_t.add([n, "graph step + host sync each iteration (the old stopping rule)", t * 1e3, t / floor, ""])
+            parts["graph_sync_s"] = t
+            k = 40
+
+            def pipelined():  # as rpca runs it: launch k + 1, then read k
+                pend = {0: gs.launch(zeta, 0)}
+                for i in range(k):
+                    if i + 1 < k:
+                        pend[i + 1] = gs.launch(zeta, (i + 1) % 2)
+                    gs.read(pend.pop(i))
+            t = bench(pipelined, warmup=1, repeat=5) / k
+            it_t.add([n, "graph step, pipelined stopping rule (what rpca runs)", t * 1e3, t / floor, ""])
+            parts["graph_pipelined_s"] = t
+
+            def nosync():
+                for _ in range(k):
+                    gs.graph.replay()
+            t_ns = bench(nosync, warmup=1, repeat=5) / k
+            it_t.add([n, "graph step, no host sync (GPU time of a step)", t_ns * 1e3, t_ns / floor, ""])
+            parts["graph_nosync_s"] = t_ns
+            pass_t = parts[f"pass_{env.get('default_contract_precision', 'tf32x3')}_s"]
+            it_t.add([n, "  of which r-space updates + relative change (step - pass)", (t_ns - pass_t) * 1e3,
+                      (t_ns - pass_t) / floor, ""])
+            parts["rspace_s"] = t_ns - pass_t
+            rec["iteration"] = parts
+            del gs
+        section(f"{n}: per-iteration", per_iteration)
+
+        # --- tensorly on the same device
+        if n == args.tensorly_size:
+            def tly():
+                from tensorrpca.baselines import default_reg_E
+
+                grid = [default_reg_E(shape) * float(g) for g in args.tl_grid.split(",")]
+                best, sweep = tensorly_gpu(Y, Xt, grid)
+                rec["tensorly"] = {"best": best, "sweep": sweep}
+                ours = next((r for r in rec.get("end_to_end", []) if r["method"] == "ours, defaults"), None)
+                note = f"best reg_E={best['reg_E']:.4g} of {len(grid)}"
+                if ours:
+                    note += f"; ours {best['seconds'] / ours['seconds']:.0f}x faster"
+                e2e.add([n, "tensorly robust_pca (pytorch backend, same device)", best["seconds"], best["n_iter"],
+                         best["rel_error"], None, None, note])
+            section(f"{n}: tensorly", tly)
+        del p, Y, Xt
+        if cuda:
+            torch.cuda.empty_cache()
+        table_json(out_path, tables, out, t_start)
+
+    # --- tensorkernels foundation at the largest size (cheap)
+    def kernels():
+        n = sizes[-1]
+        shape = (n,) * len(ranks)
+        p = synthetic_rpca(shape, ranks, kappa=args.kappa, alpha=args.alpha, seed=0, dtype=torch.float32, device=dev)
+        Y, X = p.Y, p.low_rank
+        kt = Table(f"kernels on {shape} float32 ({env['device']}): Triton vs torch reference",
+                   ["kernel", "torch ms", "triton ms", "auto ms", "max rel. error"])
+        rows = []
+
+        def add(name, f_torch, f_triton, f_auto):
+            a = f_torch()
+            t_t = bench(f_torch, repeat=rep)
+            if can_triton:
+                t_k, e = bench(f_triton, repeat=rep), maxrel(f_triton(), a)
+            else:
+                t_k, e = float("nan"), float("nan")
+            t_a = bench(f_auto, repeat=rep)
+            kt.add([name, t_t * 1e3, t_k * 1e3, t_a * 1e3, e])
+            rows.append({"kernel": name, "torch_s": t_t, "triton_s": t_k, "auto_s": t_a, "max_rel_error": e})
+
+        add("threshold_residual (hard, residual)",
+            lambda: threshold_residual(Y, X, 0.5, out="residual", backend="torch"),
+            lambda: threshold_residual(Y, X, 0.5, out="residual", backend="triton"),
+            lambda: threshold_residual(Y, X, 0.5, out="residual"))
+        G, Us = p.core.float(), [U.float() for U in p.factors]
+        add("tucker_to_tensor (core -> full)", lambda: tucker_to_tensor(G, Us, backend="torch"),
+            lambda: tucker_to_tensor(G, Us, backend="triton"), lambda: tucker_to_tensor(G, Us))
+        add("mode_product R x_1 U^T (full -> r)", lambda: mode_product(Y, Us[0], 0, transpose=True, backend="torch"),
+            lambda: mode_product(Y, Us[0], 0, transpose=True, backend="triton"),
+            lambda: mode_product(Y, Us[0], 0, transpose=True))
+        out["kernels"] = rows
+        tables.append(kt)
+    section("kernels", kernels)
+
+    for t in tables:
+        t.print()
+        print()
+        print(t.markdown())
+        print()
+    table_json(out_path, tables, out, t_start)
+    print(f"wrote {out_path} ({time.perf_counter() - t_start:.1f} s); errors: {len(out['errors'])}, "
+          f"skipped: {out['skipped']}")
     return 0
+
+
+def table_json(path, tables, out, t_start):
+    """Write everything so far (called after each size, so a timeout still leaves results)."""
+    first = tables[0]
+    out["tables"] = {t.title: t.as_records() for t in tables}
+    out["wall_s"] = time.perf_counter() - t_start
+    first.write_json(path, extra=out)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ Tasks and outputs (one output per input, named after the input's path relative t
     ``rpca``     :func:`tensorrpca.rpca` of one scalar field of the volume (``field="image_quality"`` or
                  ``"confidence"``, ``(Z, Y, X)`` float32) -> ``NAME.rpca.h5`` with datasets ``low_rank`` and
                  ``sparse`` (``(Z, Y, X)`` float32, same units as the field) and the parameters as attributes.
+                 Not-indexed and not-measured voxels are missing (``observed="valid"``), not corrupted: left
+                 out of the fit, ``low_rank`` fills them in, ``sparse`` is 0 there.
     ``info``     ``ebsdtk info``'s facts (:func:`ebsd.commands.info.describe`) -> ``NAME.info.json``.
     ``reconstruct`` :func:`ebsd.reconstruction.reconstruct` (align, clean, segment, statistics; ``steps``
                  as it takes them) -> ``NAME.reconstructed.dream3d`` with the grain arrays.
@@ -89,7 +91,7 @@ _OUT_SUFFIX = {"recover": ".recovered.dream3d", "rpca": ".rpca.h5", "info": ".in
 _DEFAULTS = {
     "recover": {"missing": None, "model": "default", "project": True, "batch_size": 16, "tile": None, "halo": 8},
     "rpca": {"field": "image_quality", "ranks": (5, 5, 5), "max_iter": 200, "tol": 1e-7, "sparsity": None,
-             "step": None, "decay": None, "threshold": "hard", "tile": None, "halo": 8},
+             "step": None, "decay": None, "threshold": "hard", "tile": None, "halo": 8, "observed": "valid"},
     "info": {},
     # the steps of ebsd.reconstruction.reconstruct (None: its default chain), as JSON-able lists
     "reconstruct": {"steps": None},
@@ -262,6 +264,9 @@ def _normalise_params(task: str, params: dict) -> dict:
             raise EBSDValueError(f"rpca ranks: give 3 Tucker ranks (z, y, x), got {p['ranks']}")
         if p["field"] not in ("image_quality", "confidence"):
             raise EBSDValueError(f"rpca field must be 'image_quality' or 'confidence', got {p['field']!r}")
+        if p["observed"] not in ("valid", "measured", "all"):
+            raise EBSDValueError(f"rpca observed must be 'valid' (not-indexed and not-measured voxels are missing), "
+                                 f"'measured' (only not-measured ones are) or 'all', got {p['observed']!r}")
     if task == "recover" and p["missing"] is not None:
         p["missing"] = sorted(int(m) for m in p["missing"])
     return p
@@ -327,14 +332,19 @@ def recovery_windows(n: int, tile: int | None, halo: int, net_tile: int, net_ove
     return out
 
 
-def tiled_rpca(Y, ranks, tile: int | None = None, halo: int = 8, progress: bool = False, **kw):
+def tiled_rpca(Y, ranks, tile: int | None = None, halo: int = 8, progress: bool = False, mask=None, **kw):
     """Tensor RPCA of ``Y (Z, Y, X)`` in x-y tiles: each window (core + ``halo``) is an independent
     :func:`tensorrpca.rpca` problem with ``ranks`` and ``**kw``; the core of each window's low-rank and
     sparse parts is written into the result. ``tile=None``: one untiled problem.
 
+    ``mask``: optional boolean ``(Z, Y, X)`` array, True where the voxel's value is observed; the others (not
+    indexed, not measured) are missing, not corrupted (``rpca(..., mask=)``): ``low_rank`` fills them in and
+    ``sparse`` is 0 there. A window with no observed voxel gets ``low_rank`` NaN (nothing to fit).
+
     Returns:
         ``(low_rank, sparse, info)``: numpy float arrays of ``Y``'s shape and dtype, and a dict with
-        ``n_iter`` (list per window), ``converged`` (all windows), ``tiles`` (number of windows).
+        ``n_iter`` (list per window), ``converged`` (all windows), ``tiles`` (number of windows),
+        ``empty_tiles`` (windows without an observed voxel).
     """
     import numpy as np
 
@@ -343,8 +353,13 @@ def tiled_rpca(Y, ranks, tile: int | None = None, halo: int = 8, progress: bool 
     Y = np.asarray(Y)
     if Y.ndim != 3:
         raise EBSDValueError(f"tiled_rpca needs a (Z, Y, X) array, got shape {Y.shape}")
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != Y.shape:
+            raise EBSDValueError(f"tiled_rpca mask has shape {mask.shape}, the field {Y.shape}")
     low = np.empty_like(Y)
     sparse = np.empty_like(Y)
+    empty = 0
     wy = tile_windows(Y.shape[1], tile, halo)
     wx = tile_windows(Y.shape[2], tile, halo)
     n_iter, conv = [], True
@@ -356,7 +371,15 @@ def tiled_rpca(Y, ranks, tile: int | None = None, halo: int = 8, progress: bool 
     try:
         for c0, c1, a, b in wy:
             for d0, d1, e, f in wx:
-                res = rpca(np.ascontiguousarray(Y[:, a:b, e:f]), ranks, **kw)
+                m = None if mask is None else np.ascontiguousarray(mask[:, a:b, e:f])
+                if m is not None and not m.any():
+                    low[:, c0:c1, d0:d1] = np.nan
+                    sparse[:, c0:c1, d0:d1] = 0
+                    empty += 1
+                    if bar is not None:
+                        bar.update(1)
+                    continue
+                res = rpca(np.ascontiguousarray(Y[:, a:b, e:f]), ranks, mask=m, **kw)
                 low[:, c0:c1, d0:d1] = res.low_rank[:, c0 - a:c1 - a, d0 - e:d1 - e]
                 sparse[:, c0:c1, d0:d1] = res.sparse[:, c0 - a:c1 - a, d0 - e:d1 - e]
                 n_iter.append(int(res.n_iter))
@@ -366,7 +389,7 @@ def tiled_rpca(Y, ranks, tile: int | None = None, halo: int = 8, progress: bool 
     finally:
         if bar is not None:
             bar.close()
-    return low, sparse, {"n_iter": n_iter, "converged": conv, "tiles": len(wy) * len(wx)}
+    return low, sparse, {"n_iter": n_iter, "converged": conv, "tiles": len(wy) * len(wx), "empty_tiles": empty}
 
 
 def _crop(vol, ys: slice, xs: slice):
@@ -551,18 +574,23 @@ def _process(task, inp, out, done, failed, params, expected_hash, device, rec, t
         elif task == "rpca":
             p = params
             Yf = getattr(vol, p["field"]).numpy()
+            observed = {"valid": vol.valid, "measured": vol.measured, "all": None}[p["observed"]]
+            observed = None if observed is None else observed.cpu().numpy().astype(bool)
             low, sparse, info = tiled_rpca(Yf, p["ranks"], tile=p["tile"], halo=p["halo"], sparsity=p["sparsity"],
                                            max_iter=p["max_iter"], tol=p["tol"], step=p["step"], decay=p["decay"],
-                                           device=device, threshold=p["threshold"])
+                                           device=device, threshold=p["threshold"], mask=observed)
             rec["seconds"]["compute"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             _write_rpca_h5(out, low, sparse, {
                 "source": str(inp), "field": p["field"], "ranks": p["ranks"], "n_iter": info["n_iter"],
                 "converged": info["converged"], "tile": p["tile"] or 0, "halo": p["halo"],
-                "threshold": p["threshold"], "max_iter": p["max_iter"], "tol": p["tol"]})
+                "threshold": p["threshold"], "max_iter": p["max_iter"], "tol": p["tol"], "observed": p["observed"],
+                "n_missing": 0 if observed is None else int(observed.size - observed.sum())})
             rec["metrics"] = {"n_iter": max(info["n_iter"]), "n_iter_per_tile": info["n_iter"],
                               "converged": info["converged"], "tiles": info["tiles"],
-                              "sparse_fraction": float((sparse != 0).mean()), "shape": list(vol.shape)}
+                              "sparse_fraction": float((sparse != 0).mean()), "shape": list(vol.shape),
+                              "n_missing": 0 if observed is None else int(observed.size - observed.sum()),
+                              "empty_tiles": info["empty_tiles"]}
         elif task == "reconstruct":
             from .reconstruction import reconstruct
 
@@ -747,7 +775,8 @@ def run(task: str, inputs, out_dir, client=None, workers: int | None = None, pat
         **params: task parameters. recover: ``missing`` (list or None = detect), ``model``, ``project``,
             ``batch_size``, ``tile``, ``halo`` and inference settings (``overlap``, ``radius`` ...).
             rpca: ``field``, ``ranks``, ``max_iter``, ``tol``, ``sparsity``, ``step``, ``decay``,
-            ``threshold``, ``tile``, ``halo``.
+            ``threshold``, ``tile``, ``halo``, ``observed`` (``"valid"``: default, not-indexed and
+            not-measured voxels are missing, left out of the fit; ``"measured"``; ``"all"``).
 
     Returns:
         ``list[dict]``: one record per input (fields in the module docstring).

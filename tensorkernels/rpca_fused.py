@@ -36,22 +36,27 @@ def _check(Y, H, UN, Uprev, mode):
         raise ValueError("Y, H, U_N and U_prev must share dtype and device")
 
 
-def residual_contract_torch(Y, H, UN, Uprev, zeta, mode: str = "hard"):
+def residual_contract_torch(Y, H, UN, Uprev, zeta, mode: str = "hard", missing: bool = False):
     """Reference implementation (materialises ``X`` and ``R``).
 
     Differentiable in ``Y``, ``H``, ``U_N``, ``U_prev`` when any of them requires grad; otherwise it works
-    in place on the one full-size temporary (fewer passes over memory on CPU).
+    in place on the one full-size temporary (fewer passes over memory on CPU). ``missing``: NaN entries of
+    ``Y`` are missing (zero residual).
     """
     P, I, J = Y.shape
     X = (H.reshape(P * I, -1) @ UN.t()).reshape(P, I, J)  # one GEMM, not P small ones
     if torch.is_grad_enabled() and any(t.requires_grad for t in (Y, H, UN, Uprev)):
         R = threshold_residual(Y, X, zeta, mode=mode, out="residual", backend="torch")
+        if missing:
+            R = torch.where(Y.isnan(), torch.zeros_like(R), R)
     else:
         R = X.sub_(Y)  # X - Y = -D
         if mode == "hard":
             R.masked_fill_(R.abs() > zeta, 0)  # -D 1{|D| <= zeta}
         else:
             R.clamp_(-zeta, zeta)  # -clamp(D, -zeta, zeta)
+        if missing:
+            R.masked_fill_(R.isnan(), 0)  # NaN in Y (missing) -> NaN in R -> no residual
     return (R.reshape(P * I, J) @ UN).reshape(P, I, -1), torch.matmul(Uprev.t(), R)
 
 
@@ -63,6 +68,8 @@ def residual_contract(
     zeta: float | torch.Tensor,
     mode: str = "hard",
     backend: str | None = None,
+    missing: bool = False,
+    contract_precision: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(PN, Q)`` of the thresholded residual (see the module docstring).
 
@@ -70,6 +77,10 @@ def residual_contract(
         Y: ``(P, I, J)``; H: ``(P, I, r_N)``; UN: ``(J, r_N)``; Uprev: ``(I, r_{N-1})``; all one dtype/device.
         zeta: threshold ``>= 0`` (a float, or a one-element tensor on the device: read by the kernel at run
             time, so a captured CUDA graph can be replayed with a new threshold); mode: ``"hard"`` or ``"soft"``; backend: see :mod:`tensorkernels`.
+        missing: treat NaN entries of ``Y`` as missing (their residual is 0; tensor completion). Without it the
+            result for a NaN in ``Y`` is unspecified.
+        contract_precision: Triton on a GPU with fp32 inputs only: precision of the two contractions of ``R``
+            (``"tf32x3"`` default, ``"tf32"``, ``"bf16"``; see ``tensorkernels._triton_rpca.CONTRACT_PRECISION``).
     Returns:
         ``PN`` of shape ``(P, I, r_N)`` and ``Q`` of shape ``(P, r_{N-1}, J)``.
     """
@@ -81,5 +92,6 @@ def residual_contract(
     if resolve_backend(backend, Y, H, UN, Uprev) == "triton":
         from ._triton_rpca import triton_residual_contract
 
-        return triton_residual_contract(Y, H, UN, Uprev, zeta, mode)
-    return residual_contract_torch(Y, H, UN, Uprev, zeta, mode)
+        return triton_residual_contract(Y, H, UN, Uprev, zeta, mode, missing=missing,
+                                        contract_precision=contract_precision)
+    return residual_contract_torch(Y, H, UN, Uprev, zeta, mode, missing=missing)

@@ -60,6 +60,7 @@ from tensorkernels import threshold_residual, tucker_to_tensor
 from .errors import RPCAConvergenceWarning, RPCAFileExistsError, RPCAInputError
 from .scaledgd import (
     RPCAParams,
+    _apply_mask,
     RPCAResult,
     _to_kind,
     _validate,
@@ -81,6 +82,14 @@ def _logit(p: float) -> float:
 
 def _as_work_tensor(Y, ranks, dtype=None) -> tuple[torch.Tensor, str, list[int]]:
     """Validate like :func:`rpca` and return ``(tensor, kind, ranks)`` (float32/float64, contiguous)."""
+    Yt, kind, ranks, _, _ = _prep(Y, ranks, dtype, None)
+    return Yt, kind, ranks
+
+
+def _prep(Y, ranks, dtype, mask):
+    """``(tensor, kind, ranks, observed, p)``: :func:`_as_work_tensor` with an optional mask of observed entries
+    (as :func:`rpca`'s ``mask``: missing entries become NaN in the returned copy; ``observed``/``p`` are None
+    when every entry is observed)."""
     kind, ranks = _validate(Y, ranks)
     Yt = torch.from_numpy(np.ascontiguousarray(Y)) if kind == "numpy" else Y.detach()
     if dtype is not None:
@@ -88,9 +97,11 @@ def _as_work_tensor(Y, ranks, dtype=None) -> tuple[torch.Tensor, str, list[int]]
     elif Yt.dtype not in (torch.float32, torch.float64):
         Yt = Yt.to(torch.float32)
     Yt = Yt.contiguous()
-    if not bool(torch.isfinite(Yt).all()):
-        raise RPCAInputError("an observation contains NaN or inf; replace them (e.g. by 0) first")
-    return Yt, kind, ranks
+    if mask is None and not bool(torch.isfinite(Yt).all()):
+        raise RPCAInputError("an observation contains NaN or inf; replace them (e.g. by 0) or mark them missing "
+                             "with a mask first")
+    Yt, obs, frac = _apply_mask(Yt, mask)
+    return Yt, kind, ranks, obs, frac
 
 
 def label_free_loss(Y: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
@@ -103,10 +114,11 @@ def _smooth_gate(D: torch.Tensor, zeta: torch.Tensor, tau: float) -> torch.Tenso
     return torch.sigmoid((zeta - D.abs()) / (tau * zeta))
 
 
-def _rpca_init(Yt: torch.Tensor, ranks, zeta0, zeta1, mode: str):
+def _rpca_init(Yt: torch.Tensor, ranks, zeta0, zeta1, mode: str, mask=None):
     """Spectral initialisation and thresholds exactly as :func:`rpca` makes them (it is called with
-    ``max_iter=0``): ``(factors, core, zeta0, zeta1)``; ``None`` thresholds are data-derived."""
-    res = rpca(Yt, ranks, max_iter=0, params={"zeta0": zeta0, "zeta1": zeta1}, threshold=mode)
+    ``max_iter=0``): ``(factors, core, zeta0, zeta1)``; ``None`` thresholds are data-derived (unscaled: the
+    classic estimates, whatever rpca's defaults are)."""
+    res = rpca(Yt, ranks, max_iter=0, params=RPCAParams(zeta0=zeta0, zeta1=zeta1), threshold=mode, mask=mask)
     return list(res.factors), res.core, float(res.params.zeta0), float(res.params.zeta1)
 
 
@@ -242,6 +254,7 @@ class UnfoldedRPCA(nn.Module):
         tol: float | None = None,
         callback: Callable[[int, list, torch.Tensor], None] | None = None,
         progress: bool = False,
+        mask=None,
     ) -> RPCAResult:
         """Run the exact (hard or soft) iteration with the current hyperparameters.
 
@@ -253,6 +266,8 @@ class UnfoldedRPCA(nn.Module):
                 run all ``n_iter``).
             callback: ``callback(k, factors, core)`` after iteration ``k`` (1-based), e.g. to track an error.
             progress: tqdm bar.
+            mask: optional boolean array/tensor shaped like ``Y``, True where observed (as :func:`rpca`'s:
+                missing entries are ignored, the residual is taken on observed ones and rescaled).
 
         Returns:
             :class:`RPCAResult` (``params`` holds the values used; for a per-layer model ``rho``/``eta`` are
@@ -262,14 +277,14 @@ class UnfoldedRPCA(nn.Module):
         if n_iter < 0:
             raise RPCAInputError(f"n_iter must be >= 0, got {n_iter}")
         in_dtype = Y.dtype
-        Yt, kind, ranks = _as_work_tensor(Y, self.ranks)
+        Yt, kind, ranks, obs, frac = _prep(Y, self.ranks, None, mask)
         in_device = Y.device if kind == "torch" else None
         hp = self.hyperparameters()
         rho = hp["rho"] if self.per_layer else [hp["rho"]]
         eta = hp["eta"] if self.per_layer else [hp["eta"]]
         mode = self.threshold
         with torch.no_grad():
-            factors, core, z0, z1 = _rpca_init(Yt, ranks, hp["zeta0"], hp["zeta1"], mode)
+            factors, core, z0, z1 = _rpca_init(Yt, ranks, hp["zeta0"], hp["zeta1"], mode, mask=obs)
             zetas, etas, zeta_final = self._schedule(n_iter, z1, rho, eta)
             tol_eff = None if tol is None else max(float(tol), 4 * torch.finfo(Yt.dtype).eps)
             history: list[dict] = []
@@ -284,7 +299,8 @@ class UnfoldedRPCA(nn.Module):
                     converged = True
                 else:
                     for k in range(n_iter):
-                        new = scaledgd_step(Yt, factors, core, zetas[k], etas[k], mode=mode)
+                        new = scaledgd_step(Yt, factors, core, zetas[k], etas[k], mode=mode,
+                                            observed_fraction=frac)
                         change = float(relative_change((factors, core), new))
                         factors, core = new
                         history.append({"rel_change": change, "zeta": zetas[k]})
@@ -305,6 +321,8 @@ class UnfoldedRPCA(nn.Module):
             zeta_final = zetas[len(history)] if len(history) < n_iter else zeta_final
             X = tucker_to_tensor(core, factors)
             S = threshold_residual(Yt, X, zeta_final, mode=mode, out="sparse")
+            if obs is not None:
+                S.masked_fill_(~obs, 0)
         conv = lambda T: _to_kind(T, kind, in_device, in_dtype)  # noqa: E731
         used = RPCAParams(zeta0=float(z0), zeta1=float(z1), rho=float(rho[0]), eta=float(eta[0]))
         return RPCAResult(
@@ -313,7 +331,7 @@ class UnfoldedRPCA(nn.Module):
         )
 
     # ----------------------------------------------------------------------------- differentiable path
-    def unroll(self, Y: torch.Tensor, temperature: float | None = 0.1) -> list[torch.Tensor]:
+    def unroll(self, Y: torch.Tensor, temperature: float | None = 0.1, mask: torch.Tensor | None = None) -> list[torch.Tensor]:
         """The differentiable network: ``[X_1, ..., X_K]`` (dense low-rank estimates after each layer).
 
         Args:
@@ -321,6 +339,11 @@ class UnfoldedRPCA(nn.Module):
             temperature: gate temperature ``tau`` of the smooth hard-threshold surrogate (relative to
                 ``zeta``); ``None`` uses exact masks (then only ``eta`` gets gradients). Ignored for soft
                 thresholding, which is differentiable as is.
+            mask: optional boolean tensor shaped like ``Y`` (True = observed); entries of ``Y`` where it is
+                False are ignored (they may be NaN). Every layer then steps on the gated observation
+                ``Y_g = X + m (D - T(D)) / p`` (``D = Y - X``, ``m`` the mask, ``p`` the observed fraction),
+                whose residual is the thresholded one on observed entries rescaled by ``1/p``, as in
+                :func:`rpca`.
         Raises RPCAInputError when a data-derived threshold is still unset (call :meth:`fit` or
         :meth:`set_params` first).
         """
@@ -330,6 +353,8 @@ class UnfoldedRPCA(nn.Module):
         z0, z1, rho, eta = (t.to(device=Y.device, dtype=Y.dtype) for t in (z0, z1, rho, eta))
         smooth = self.threshold == "hard" and temperature is not None
         inf = math.inf
+        if mask is not None:
+            return self._unroll_masked(Y, mask, z0, z1, rho, eta, temperature)
         if smooth:
             factors, core = spectral_init(Y * _smooth_gate(Y, z0, temperature), self.ranks_for(Y), inf)
         else:
@@ -351,45 +376,80 @@ class UnfoldedRPCA(nn.Module):
             zeta = zeta * rho[j]
         return outs
 
+    def _kept(self, D, zeta, temperature):
+        """``D - T_zeta(D)``: what the threshold lets through (smooth gate for hard thresholding in training)."""
+        if self.threshold == "soft":
+            return torch.clamp(D, -zeta, zeta)
+        if temperature is not None:
+            return _smooth_gate(D, zeta, temperature) * D
+        return torch.where(D.abs() <= zeta, D, torch.zeros_like(D))
+
+    def _unroll_masked(self, Y, mask, z0, z1, rho, eta, temperature):
+        m = mask.to(device=Y.device, dtype=torch.bool)
+        p = float(m.sum()) / m.numel()
+        if p == 0:
+            raise RPCAInputError("mask marks no entry as observed; nothing to fit")
+        mf = m.to(Y.dtype)
+        Y0 = torch.where(m, Y, torch.zeros_like(Y))  # the observed tensor, missing = 0 (no NaN in the graph)
+        inf = math.inf
+        factors, core = spectral_init(self._kept(Y0, z0, temperature), self.ranks_for(Y), inf, scale=1.0 / p)
+        zeta = z1
+        outs: list[torch.Tensor] = []
+        for k in range(self.n_layers):
+            j = k if self.per_layer else 0
+            X = outs[-1] if outs else tucker_to_tensor(core, factors, backend="torch")
+            Yg = X + mf * self._kept(Y0 - X, zeta, temperature) / p  # gated, rescaled observation
+            factors, core = scaledgd_step(Yg, factors, core, inf, eta[j], mode="hard")
+            outs.append(tucker_to_tensor(core, factors, backend="torch"))
+            zeta = zeta * rho[j]
+        return outs
+
     def ranks_for(self, Y) -> list[int]:
         return _validate(Y, self.ranks)[1]
 
     # ------------------------------------------------------------------------------------------ training
-    def _loss(self, Y, target, tau, layers) -> torch.Tensor:
-        Xs = self.unroll(Y, temperature=tau)
+    def _loss(self, Y, target, tau, layers, mask=None) -> torch.Tensor:
+        Xs = self.unroll(Y, temperature=tau, mask=mask)
         use = Xs if layers == "all" else Xs[-1:]
-        if target is None:
+        if target is None and mask is not None:  # label-free loss on the observed entries
+            Y0 = torch.where(mask, Y, torch.zeros_like(Y))
+            terms = [label_free_loss(Y0, torch.where(mask, X, torch.zeros_like(X))) for X in use]
+        elif target is None:
             terms = [label_free_loss(Y, X) for X in use]
         else:
             nt = target.norm().clamp_min(torch.finfo(Y.dtype).tiny)
             terms = [(X - target).norm() / nt for X in use]
         return torch.stack(terms).mean()
 
-    def init_from_data(self, observations: Sequence) -> "UnfoldedRPCA":
+    def init_from_data(self, observations: Sequence, masks: Sequence | None = None) -> "UnfoldedRPCA":
         """Set unset ``zeta0``/``zeta1`` to the geometric mean of :func:`rpca`'s data-derived values over
-        ``observations`` (what training starts from)."""
-        obs = [_as_work_tensor(Y, self.ranks, torch.float64)[0] for Y in observations]
+        ``observations`` (what training starts from); ``masks``: one boolean mask of observed entries (or None)
+        per observation."""
+        masks = _masks_for(observations, masks)
+        obs = [_prep(Y, self.ranks, torch.float64, m)[::3] for Y, m in zip(observations, masks)]
         if bool(self.zeta_set.all()):
             return self
         z0s, z1s = [], []
         hp = self.hyperparameters()
-        for Yt in obs:
-            _, _, z0, z1 = _rpca_init(Yt, self.ranks_for(Yt), hp["zeta0"], hp["zeta1"], self.threshold)
+        for Yt, m in obs:
+            _, _, z0, z1 = _rpca_init(Yt, self.ranks_for(Yt), hp["zeta0"], hp["zeta1"], self.threshold, mask=m)
             z0s.append(z0)
             z1s.append(z1)
         gm = lambda v: float(np.exp(np.mean(np.log(np.maximum(v, 1e-300)))))  # noqa: E731
         self.set_params({k: gm(v) for k, v, s in (("zeta0", z0s, 0), ("zeta1", z1s, 1)) if not bool(self.zeta_set[s])})
         return self
 
-    def objective(self, observations: Sequence, n_iter: int | None = None) -> float:
+    def objective(self, observations: Sequence, n_iter: int | None = None, masks: Sequence | None = None) -> float:
         """Mean exact label-free loss ``||Y - X||_1 / ||Y||_1`` over ``observations`` after ``n_iter``
-        (default ``n_layers``) exact iterations."""
+        (default ``n_layers``) exact iterations (on the observed entries, with ``masks``)."""
         vals = []
-        for Y in observations:
-            Yt = _as_work_tensor(Y, self.ranks, torch.float64)[0]
+        for Y, m in zip(observations, _masks_for(observations, masks)):
+            Yt, _, _, obs, _ = _prep(Y, self.ranks, torch.float64, m)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RPCAConvergenceWarning)
-                X = self.forward(Yt, n_iter=n_iter).low_rank
+                X = self.forward(Yt, n_iter=n_iter, mask=obs).low_rank
+            if obs is not None:
+                Yt, X = torch.where(obs, Yt, 0.0), torch.where(obs, X, 0.0)
             v = float(label_free_loss(Yt, X))
             vals.append(v if math.isfinite(v) else math.inf)
         return float(np.mean(vals))
@@ -400,6 +460,7 @@ class UnfoldedRPCA(nn.Module):
         epochs: int = 40,
         *,
         targets: Sequence | None = None,
+        masks: Sequence | None = None,
         lr: float = 0.05,
         layers: str = "last",
         temperature: tuple[float, float] | float = (0.3, 0.03),
@@ -414,6 +475,8 @@ class UnfoldedRPCA(nn.Module):
             epochs: passes over the observations.
             targets: optional list of the true low-rank tensors (supervised mode: loss
                 ``||X - X*||_F / ||X*||_F``); default self-supervised (``||Y - X||_1 / ||Y||_1``).
+            masks: optional list, one boolean mask of observed entries (or None) per observation; the layers
+                and the label-free loss then use observed entries only (see :meth:`unroll`).
             lr: Adam learning rate on the raw (log / logit) parameters.
             layers: ``"last"`` (loss on ``X_K``) or ``"all"`` (mean over every layer's ``X_k``).
             temperature: gate temperature ``tau`` of the smooth hard threshold, a float or ``(start, end)``
@@ -427,7 +490,10 @@ class UnfoldedRPCA(nn.Module):
         """
         if isinstance(observations, (np.ndarray, torch.Tensor)):
             raise RPCAInputError("observations must be a list of tensors/arrays (wrap a single one: [Y])")
-        obs = [_as_work_tensor(Y, self.ranks, torch.float64)[0] for Y in observations]
+        masks = _masks_for(observations, masks)
+        prepped = [_prep(Y, self.ranks, torch.float64, m) for Y, m in zip(observations, masks)]
+        obs = [q[0] for q in prepped]
+        obs_masks = [q[3] for q in prepped]
         if not obs:
             raise RPCAInputError("need at least one observation")
         if len({o.ndim for o in obs}) != 1:
@@ -449,7 +515,7 @@ class UnfoldedRPCA(nn.Module):
         t_start, t_end = (temperature, temperature) if np.isscalar(temperature) else tuple(temperature)
         if not (t_start > 0 and t_end > 0):
             raise RPCAInputError(f"temperature must be > 0, got {temperature}")
-        self.init_from_data(obs)
+        self.init_from_data(obs, obs_masks)
         opt = torch.optim.Adam(self.parameters(), lr=lr)
         gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
         bar = None
@@ -465,7 +531,7 @@ class UnfoldedRPCA(nn.Module):
                 losses, skipped = [], 0
                 for i in torch.randperm(len(obs), generator=gen).tolist():
                     opt.zero_grad(set_to_none=True)
-                    loss = self._loss(obs[i], None if tg is None else tg[i], tau, layers)
+                    loss = self._loss(obs[i], None if tg is None else tg[i], tau, layers, mask=obs_masks[i])
                     if not torch.isfinite(loss):
                         skipped += 1
                         continue
@@ -539,6 +605,14 @@ class UnfoldedRPCA(nn.Module):
     def extra_repr(self) -> str:
         return (f"ranks={self.ranks}, n_layers={self.n_layers}, per_layer={self.per_layer}, "
                 f"threshold={self.threshold!r}, params={self.hyperparameters()}")
+
+
+def _masks_for(observations, masks) -> list:
+    if masks is None:
+        return [None] * len(observations)
+    if len(masks) != len(observations):
+        raise RPCAInputError(f"got {len(masks)} masks for {len(observations)} observations")
+    return list(masks)
 
 
 def _read_json(path) -> dict:

@@ -54,6 +54,9 @@ def register(sub) -> None:
     g.add_argument("--ranks", default="5,5,5", help="Tucker ranks (z, y, x), default 5,5,5")
     g.add_argument("--max-iter", type=int, default=200)
     g.add_argument("--tol", type=float, default=1e-7)
+    g.add_argument("--observed", choices=["valid", "measured", "all"], default="valid",
+                   help="which voxels count as observed: valid (default: not-indexed and not-measured voxels are "
+                        "missing, left out of the fit and filled in), measured, or all")
     from .reconstruct import add_options
 
     add_options(p)
@@ -75,7 +78,8 @@ def _run(args) -> int:
     elif args.task == "rpca":
         from .rpca import _parse_ranks
 
-        params = dict(common, field=args.field, ranks=_parse_ranks(args.ranks), max_iter=args.max_iter, tol=args.tol)
+        params = dict(common, field=args.field, ranks=_parse_ranks(args.ranks), max_iter=args.max_iter, tol=args.tol,
+                      observed=args.observed)
     elif args.task == "info":
         params = {}
     elif args.task == "reconstruct":

@@ -3,6 +3,11 @@
 Writes ``low_rank``, ``sparse``, ``core`` and ``factors/U0..U{N-1}`` to ``OUT.h5`` (via a temporary file and a
 rename; an existing ``OUT.h5`` is replaced only with ``--overwrite``), with the parameters, iteration count and
 the per-iteration relative changes as attributes.
+
+Missing entries (not measured, not indexed) are not corruption: NaN entries of the dataset, and entries where
+``--mask NAME`` (a dataset of the same shape in INPUT.h5, nonzero/True = observed) is 0, are left out of the fit
+(``rpca(..., mask=)``); ``low_rank`` fills them in, ``sparse`` is 0 there, and the mask used is written as
+``observed``.
 """
 from __future__ import annotations
 
@@ -28,6 +33,11 @@ def register(subparsers) -> None:
     p.add_argument("--zeta1", type=float, default=None, help="first-iteration threshold (default: from the data)")
     p.add_argument("--sparsity", type=float, default=None, help="expected fraction of corrupted entries")
     p.add_argument("--threshold", choices=("hard", "soft"), default="hard")
+    p.add_argument("--mask", default=None, metavar="NAME",
+                   help="dataset in INPUT.h5 of the same shape, nonzero where observed (0: missing, e.g. not "
+                        "indexed or not measured); NaN entries are missing too")
+    p.add_argument("--params", default=None, choices=("learned", "classic"),
+                   help="hyperparameter set: the hand-set classic ones (default) or the learned ones")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT.h5 if it exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -72,19 +82,41 @@ def run(args) -> int:
                     f"{src}: no dataset {args.dataset!r}; datasets in the file: {', '.join(names[:20]) or 'none'}"
                 )
             Y = f[args.dataset][()]
+            M = None
+            if args.mask is not None:
+                if args.mask not in f or not isinstance(f[args.mask], h5py.Dataset):
+                    raise EBSDFormatError(f"{src}: no mask dataset {args.mask!r}")
+                M = f[args.mask][()]
     except OSError as exc:
         raise EBSDFormatError(f"{src}: not a readable HDF5 file ({exc})") from None
     if not isinstance(Y, np.ndarray) or Y.dtype.kind not in "fiu":
         raise EBSDValueError(f"{src}:{args.dataset} must hold a numeric array, got dtype {getattr(Y, 'dtype', type(Y))}")
     if Y.dtype.kind in "iu":
         Y = Y.astype(np.float32)
+    observed = None
+    if M is not None:
+        if np.shape(M) != Y.shape or np.asarray(M).dtype.kind not in "biuf":
+            raise EBSDValueError(f"{src}:{args.mask} must be a numeric or boolean array of shape {Y.shape} "
+                                 f"(nonzero = observed), got shape {np.shape(M)}")
+        observed = np.asarray(M) != 0
+    nan = np.isnan(Y)
+    if nan.any():
+        observed = ~nan if observed is None else observed & ~nan
+    if observed is not None:
+        n_missing = int(observed.size - np.count_nonzero(observed))
+        print(f"rpca: {n_missing} of {observed.size} entries ({n_missing / observed.size:.2%}) missing "
+              f"({int(nan.sum())} NaN{', mask ' + args.mask if args.mask else ''}); left out of the fit")
     device = args.device or ("cuda" if torch.cuda.is_available() else None)
     params = {"zeta0": args.zeta0, "zeta1": args.zeta1}
+    if args.params is not None:
+        from tensorrpca.scaledgd import default_params
+
+        params = {**vars(default_params(args.params)), **params}
     print(f"rpca: {src}:{args.dataset} shape {Y.shape} {Y.dtype}, ranks {ranks}, device {device or 'cpu'}")
     try:
         res = rpca(Y, ranks, sparsity=args.sparsity, max_iter=args.max_iter, tol=args.tol, step=args.step,
                    decay=args.decay, device=device, progress=not args.no_progress, params=params,
-                   threshold=args.threshold)
+                   threshold=args.threshold, mask=observed)
     except RPCAError as exc:
         raise EBSDValueError(f"{src}:{args.dataset}: {exc}") from None
 
@@ -98,12 +130,15 @@ def run(args) -> int:
             for i, U in enumerate(res.factors):
                 g.create_dataset(f"factors/U{i}", data=U)
             g.create_dataset("history/rel_change", data=np.array(res.rel_changes, dtype=np.float64))
+            if observed is not None:
+                g.create_dataset("observed", data=observed, compression="gzip")
             g.attrs.update({
                 "source": str(src), "dataset": args.dataset, "ranks": ranks, "n_iter": res.n_iter,
                 "converged": res.converged, "threshold": args.threshold,
                 **{k: v for k, v in vars(res.params).items() if v is not None},
             })
     nnz = int(np.count_nonzero(res.sparse))
+    n_obs = res.sparse.size if observed is None else int(np.count_nonzero(observed))
     print(f"rpca: {res.n_iter} iterations ({'converged' if res.converged else 'not converged'}), "
-          f"{nnz} entries ({nnz / res.sparse.size:.2%}) flagged sparse; wrote {out}")
+          f"{nnz} entries ({nnz / max(n_obs, 1):.2%} of the observed) flagged sparse; wrote {out}")
     return 0
