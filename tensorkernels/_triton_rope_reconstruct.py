@@ -4,10 +4,11 @@ One program per (batch, key-value head, block of BLOCK_N selected tokens): it ga
 multiplies them by the head's two halves of ``Bf`` (blocks of BLOCK_R ranks, float32 accumulation), then rotates
 and writes both halves.
 
-The rotation's cos/sin come from a ``(B, T, D/2)`` table computed by torch, not from ``tl.cos``/``tl.sin``: on a GPU
-those lower to approximate instructions whose error grows with the angle (position x frequency reaches
-thousands of radians), which put the kernel ~1e-3 off a float64 reference on an H100 while the interpreter was
-exact. The table costs one (B, T, D/2) read per gathered row and matches torch's (and HF's) own RoPE values.
+The rotation's cos/sin come from a ``(B, T, D/2)`` table computed by torch, not from ``tl.cos``/``tl.sin`` (which
+may lower to approximate GPU instructions whose error grows with the angle, and position x frequency reaches
+thousands of radians): the table matches torch's (and HF's) own RoPE values and costs one read per gathered row.
+float32 products are explicit IEEE ``tl.dot``s: written as a broadcast-multiply-sum they ran ~1e-3 off a float64
+reference on an H100 (2026-12-07) while exact in the interpreter, as Triton turns that pattern into a TF32 dot.
 """
 from __future__ import annotations
 
@@ -52,6 +53,11 @@ def _rope_reconstruct_kernel(
         if USE_DOT:
             acc1 += tl.dot(a, b1, out_dtype=tl.float32)
             acc2 += tl.dot(a, b2, out_dtype=tl.float32)
+        elif CDT == tl.float32:
+            # explicit full-precision product: Triton's compiler turns the broadcast-multiply-sum below into a
+            # tensor-core dot with its default (TF32) precision for float32, ~1e-3 off on an H100
+            acc1 += tl.dot(a.to(tl.float32), b1.to(tl.float32), input_precision="ieee", out_dtype=tl.float32)
+            acc2 += tl.dot(a.to(tl.float32), b2.to(tl.float32), input_precision="ieee", out_dtype=tl.float32)
         else:
             af = a.to(CDT)
             acc1 += tl.sum(af[:, :, None] * b1.to(CDT)[None, :, :], axis=1)
