@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from ebsd.recovery.projection import neighbour_grains, project
@@ -42,3 +43,25 @@ def test_projection_at_a_volume_edge_with_one_grain():
     guess = _rot([0, 1, 0], 3).expand(1, Y, X, 4).clone()
     out, idx = project(guess, [1.0], g, "m-3m", radius=2)
     assert (idx == 0).all() and equal_up_to_sign(out[0], A.expand(Y, X, 4), 1e-5).all()
+
+
+@pytest.mark.parametrize("weight", [10.0, 5.0])
+def test_projection_in_plane_penalty_is_the_euclidean_distance(weight):
+    """One adjacent slice: grain A everywhere but one voxel of grain B (12 deg away) in the middle; every guess is
+    B. By the documented cost, B costs ``weight * d`` (``d``: Euclidean distance to B's voxel) and A costs 12 deg
+    (its own voxel, d = 0; at B's voxel A's nearest voxel is 1 away), so a voxel takes B exactly when
+    ``weight * d < 12``. The expected map is worked out here from that formula: ``weight`` 10 keeps B on the
+    4 edge neighbours but not the diagonals (d = 1.41 -> 14.1 deg), 5 keeps it up to d = 2.24 but not d = 2.83."""
+    n, c = 7, 3
+    lo = A.expand(n, n, 4).clone()
+    B0 = _rot([0, 0, 1], 22)  # 12 deg from A (10 deg about z): B0 = A rotated by 12 deg about the same axis
+    lo[c, c] = B0
+    g = neighbour_grains([(lo, None, 0.0)], "m-3m")
+    assert g.means.shape == (2, 4)
+    b = int(g.labels[0, c, c])
+    out, idx = project(B0.expand(1, n, n, 4).clone(), [0.5], g, "m-3m", radius=3, spatial_weight=weight)
+    expect_b = torch.tensor([[weight * math.hypot(y - c, x - c) < 12.0 for x in range(n)] for y in range(n)])
+    assert expect_b.sum() == (5 if weight == 10.0 else 21)
+    assert torch.equal(idx[0] == b, expect_b)
+    assert equal_up_to_sign(out[0][expect_b], B0.expand(n, n, 4)[expect_b], 1e-5).all()
+    assert equal_up_to_sign(out[0][~expect_b], A.expand(n, n, 4)[~expect_b], 1e-5).all()
