@@ -278,3 +278,45 @@ def test_soft_threshold_tensor_zeta_path_matches_float_path():
     torch.testing.assert_close(c2.detach(), c1, atol=1e-10, rtol=1e-10)
     for a, b in zip(f2, f1):
         torch.testing.assert_close(a.detach(), b, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["hard", "soft"])
+def test_spectral_init_with_a_tensor_threshold_is_the_hosvd_of_the_unthresholded_part(mode):
+    """``spectral_init`` = HOSVD_r(Y - T_zeta0(Y)). With zeta0 above max|Y| nothing is thresholded, so for an
+    exactly rank-(2,2,2) Y the initial X is Y itself (ground truth), for a float and for a tensor zeta0 (the
+    differentiable path of the unfolded network); at a threshold inside the data's range both paths agree."""
+    p = synthetic_rpca((8, 9, 10), (2, 2, 2), kappa=2, alpha=0.1, seed=8)
+    L = torch.as_tensor(p.low_rank, dtype=torch.float64)
+    big = 2 * float(L.abs().max())
+    for z in (big, torch.tensor(big, dtype=torch.float64, requires_grad=True)):
+        f, c = spectral_init(L, (2, 2, 2), z, mode=mode)
+        assert rel_err(tucker_to_tensor(c.detach(), [U.detach() for U in f]), L) < 1e-12
+    Y = torch.as_tensor(p.Y, dtype=torch.float64)
+    mid = 0.5 * float(Y.abs().max())
+    f1, c1 = spectral_init(Y, (2, 2, 2), mid, mode=mode)
+    f2, c2 = spectral_init(Y, (2, 2, 2), torch.tensor(mid, dtype=torch.float64), mode=mode)
+    X1, X2 = tucker_to_tensor(c1, f1), tucker_to_tensor(c2.detach(), [U.detach() for U in f2])
+    assert rel_err(X2, X1) < 1e-10
+
+
+def test_an_int_rank_means_that_rank_for_every_mode():
+    """``ranks=2`` (an int, also a numpy int) is ``(2, 2, 2)``: same shapes and the same recovered low-rank part,
+    which is the truth; ``ranks=True`` is not a rank."""
+    p = synthetic_rpca((10, 11, 12), (2, 2, 2), kappa=2, alpha=0.1, seed=6)
+    res = rpca(p.Y, 2)
+    assert res.converged and rel_err(res.low_rank, p.low_rank) < 1e-5
+    for res in (res, rpca(p.Y, np.int64(2), max_iter=1)):
+        assert tuple(res.core.shape) == (2, 2, 2) and [tuple(U.shape) for U in res.factors] == [(10, 2), (11, 2),
+                                                                                                (12, 2)]
+    with pytest.raises(RPCAInputError, match="ranks"):
+        rpca(p.Y, True)
+
+
+def test_default_max_iter_is_200():
+    """The signature's default ``max_iter=200``: a run that cannot reach tol (tiny step, constant threshold)
+    stops after exactly 200 iterations and says so."""
+    p = synthetic_rpca((6, 7, 8), (2, 2, 2), kappa=2, alpha=0.1, seed=8)
+    with pytest.warns(RPCAConvergenceWarning, match="max_iter=200"):
+        res = rpca(p.Y, (2, 2, 2), step=1e-3, decay=1.0)
+    assert res.n_iter == 200 and len(res.history) == 200 and not res.converged
+    assert res.rel_changes[-1] > 1e-7
