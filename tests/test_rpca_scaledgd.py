@@ -320,3 +320,55 @@ def test_default_max_iter_is_200():
         res = rpca(p.Y, (2, 2, 2), step=1e-3, decay=1.0)
     assert res.n_iter == 200 and len(res.history) == 200 and not res.converged
     assert res.rel_changes[-1] > 1e-7
+
+
+def test_hard_threshold_tensor_zeta_path_keeps_ties_in_the_residual():
+    """Hard thresholding: R = -(Y - X) 1{|Y - X| <= zeta} (module docstring), ties included. Integer-valued
+    Y - X with entries exactly at +-zeta: the differentiable path (zeta a tensor that requires grad) takes the
+    same step as the float path (the fused-kernel code), and its residual is the hand-computed one."""
+    g = torch.Generator().manual_seed(0)
+    Y = torch.randint(-3, 4, (3, 4, 5), generator=g).double()
+    assert (Y.abs() == 2).sum() > 5
+    f = [torch.eye(n, 2, dtype=torch.float64) for n in (3, 4, 5)]
+    c = torch.zeros(2, 2, 2, dtype=torch.float64)
+    c[0, 0, 0], c[1, 1, 1] = 1.0, -1.0  # X: 1 at (0,0,0), -1 at (1,1,1); Y - X stays integer
+    f1, c1 = scaledgd_step(Y, f, c, 2.0, 0.5, mode="hard")
+    f2, c2 = scaledgd_step(Y, f, c, torch.tensor(2.0, dtype=torch.float64, requires_grad=True), 0.5, mode="hard")
+    torch.testing.assert_close(c2.detach(), c1, atol=1e-12, rtol=0)
+    for a, b in zip(f2, f1):
+        torch.testing.assert_close(a.detach(), b, atol=1e-12, rtol=0)
+    # by hand: X = c x f; R = -(Y - X) where |Y - X| <= 2; the core's gradient is R x_i f_i^T (f orthonormal)
+    X = torch.zeros(3, 4, 5, dtype=torch.float64)
+    X[0, 0, 0], X[1, 1, 1] = 1.0, -1.0
+    D = Y - X
+    R = torch.where(D.abs() <= 2, -D, torch.zeros_like(D))
+    torch.testing.assert_close(c1, c - 0.5 * R[:2, :2, :2], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("make", [np.zeros, torch.zeros])
+def test_empty_input_is_named_empty(make):
+    with pytest.raises(RPCAInputError, match="empty"):
+        rpca(make((0, 3, 4)), (1, 1, 1))
+
+
+def test_a_rank_equal_to_the_dimension_is_allowed():
+    """``1 <= r_i <= I_i``: a mode of size 2 at rank 2 is fine; an exactly low-rank tensor comes back whole."""
+    g = torch.Generator().manual_seed(1)
+    core = torch.randn(2, 2, 2, generator=g, dtype=torch.float64)
+    fs = [torch.linalg.qr(torch.randn(n, 2, generator=g, dtype=torch.float64))[0] for n in (2, 6, 7)]
+    L = tucker_to_tensor(core, fs)
+    res = rpca(L, (2, 2, 2))
+    assert rel_err(res.low_rank, L) < 1e-6
+
+
+def test_sparsity_bounds_and_a_non_numeric_tol():
+    """``sparsity`` in [0, 0.5): 0 is accepted, 0.5 is not; a tol that is not a number is an RPCAInputError
+    (not a bare ValueError/TypeError from float())."""
+    p = synthetic_rpca((6, 7, 8), (2, 2, 2), kappa=2, alpha=0.1, seed=8)
+    with pytest.warns(RPCAConvergenceWarning, match="max_iter=1"):  # accepted: it runs
+        rpca(p.Y, (2, 2, 2), sparsity=0.0, max_iter=1)
+    with pytest.raises(RPCAInputError, match="sparsity"):
+        rpca(p.Y, (2, 2, 2), sparsity=0.5)
+    for bad in ("abc", None):
+        with pytest.raises(RPCAInputError, match="tol"):
+            rpca(p.Y, (2, 2, 2), tol=bad)
