@@ -372,3 +372,15 @@ def test_sparsity_bounds_and_a_non_numeric_tol():
     for bad in ("abc", None):
         with pytest.raises(RPCAInputError, match="tol"):
             rpca(p.Y, (2, 2, 2), tol=bad)
+
+
+def test_decay_and_step_bounds_and_bool_ranks():
+    """Documented ranges: decay (rho) in (0, 1], step (eta) in (0, 2); a bool is not a rank."""
+    p = synthetic_rpca((6, 7, 8), (2, 2, 2), kappa=2, alpha=0.1, seed=8)
+    with pytest.warns(RPCAConvergenceWarning, match="max_iter=1"):  # the bounds themselves are accepted
+        rpca(p.Y, (2, 2, 2), decay=1.0, step=1.99, max_iter=1)
+    for kw in (dict(decay=0.0), dict(step=2.0)):
+        with pytest.raises(RPCAInputError, match="decay" if "decay" in kw else "step"):
+            rpca(p.Y, (2, 2, 2), **kw)
+    with pytest.raises(RPCAInputError, match="integers"):
+        rpca(p.Y, (True, 2, 2))
