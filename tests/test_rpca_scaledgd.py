@@ -384,3 +384,34 @@ def test_decay_and_step_bounds_and_bool_ranks():
             rpca(p.Y, (2, 2, 2), **kw)
     with pytest.raises(RPCAInputError, match="integers"):
         rpca(p.Y, (True, 2, 2))
+
+
+def test_small_scale_data_is_recovered_like_large():
+    """Scale equivariance: rpca(c Y) = c rpca(Y) in its low-rank part; here c = 1e-3, where every entry and the
+    Tucker core are below 1 (an early exit must only trigger when Y thresholds to exactly zero)."""
+    p = synthetic_rpca((10, 11, 12), (2, 2, 2), kappa=2, alpha=0.1, seed=6)
+    c = 1e-3
+    res = rpca(p.Y * c, (2, 2, 2))
+    assert float(torch.as_tensor(res.core).abs().max()) < 1
+    assert res.converged and res.n_iter > 1 and rel_err(res.low_rank, p.low_rank * c) < 1e-5
+
+
+def test_zero_thresholds_are_accepted():
+    """``zeta0``/``zeta1`` must be finite and >= 0: zero is a valid threshold."""
+    p = synthetic_rpca((6, 7, 8), (2, 2, 2), kappa=2, alpha=0.1, seed=8)
+    for params in ({"zeta0": 0.0}, {"zeta1": 0.0}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RPCAConvergenceWarning)
+            rpca(p.Y, (2, 2, 2), params=params, max_iter=2)
+
+
+def test_convergence_warnings_point_at_the_callers_line():
+    """Both RPCAConvergenceWarnings (max_iter reached; likely-wrong answer) are attributed to the line that
+    called rpca (stacklevel), so a user sees their own call in the warning."""
+    p = synthetic_rpca((6, 7, 8), (2, 2, 2), kappa=2, alpha=0.1, seed=8)
+    with pytest.warns(RPCAConvergenceWarning) as rec:
+        rpca(p.Y, (2, 2, 2), max_iter=2)
+    with pytest.warns(RPCAConvergenceWarning, match="likely wrong") as rec2:
+        rpca(p.Y, (1, 1, 1))
+    for w in [*rec, *rec2]:
+        assert w.filename == __file__, (w.filename, str(w.message))
