@@ -415,3 +415,12 @@ def test_convergence_warnings_point_at_the_callers_line():
         rpca(p.Y, (1, 1, 1))
     for w in [*rec, *rec2]:
         assert w.filename == __file__, (w.filename, str(w.message))
+
+
+def test_progress_bar_counts_iterations(capsys):
+    """progress=True: a tqdm bar on stderr that ends at n_iter of max_iter."""
+    p = synthetic_rpca((6, 7, 8), (2, 2, 2), kappa=2, alpha=0.1, seed=8)
+    with pytest.warns(RPCAConvergenceWarning, match="max_iter=3"):
+        res = rpca(p.Y, (2, 2, 2), tol=0.0, max_iter=3, progress=True)
+    err = capsys.readouterr().err
+    assert res.n_iter == 3 and "3/3" in err and "6/3" not in err
