@@ -352,6 +352,9 @@ def main(argv=None) -> int:
                          "holding the mutated line, found by a profiled clean run; module-level lines: all tests)")
     ap.add_argument("--resume", action="store_true",
                     help="keep the rows of an earlier run of the same module and tests in the JSON; run the rest")
+    ap.add_argument("--rerun-survived", action="store_true",
+                    help="with --resume: run the kept survivors again (after tests were added; kills stay kills "
+                         "as long as no test was removed or weakened)")
     args = ap.parse_args(argv)
     import shlex
 
@@ -404,7 +407,8 @@ def main(argv=None) -> int:
                 previous = {r["site"]: r for r in old.get("rows", [])}
                 print(f"resuming: {len(previous)} rows kept from {out}", flush=True)
         meta = {"module": args.module, "tests": args.tests, "pytest_args": args.pytest_args,
-                "per_function_tests": not args.all_tests, "reorder": not args.no_reorder, "sites_total": n_sites, "lines": args.lines, "max": args.max, "seed": args.seed,
+                "per_function_tests": not args.all_tests, "reorder": not args.no_reorder,
+                "rerun_survived": bool(args.resume and args.rerun_survived), "sites_total": n_sites, "lines": args.lines, "max": args.max, "seed": args.seed,
                 "sites_chosen": len(chosen),
                 "clean_s": round(base_s, 1)}
 
@@ -416,7 +420,8 @@ def main(argv=None) -> int:
         t_start = time.perf_counter()
         try:
             for k, (i, line, desc) in enumerate(chosen):
-                if i in previous and previous[i].get("line") == line and previous[i].get("mutation") == desc:
+                if i in previous and previous[i].get("line") == line and previous[i].get("mutation") == desc \
+                        and not (args.rerun_survived and previous[i]["result"] == "survived"):
                     rows.append(previous[i])
                     if previous[i].get("killed_by") and previous[i]["killed_by"] not in killers:
                         killers.append(previous[i]["killed_by"])
