@@ -396,3 +396,32 @@ def test_decode_with_nonzero_biases_equals_masked_full_ff(family):
     with griffin.apply(model, density=1e-3) as g:
         model(input_ids=ids, attention_mask=am, use_cache=True)
         assert all(e.shape[-1] == 1 for e in g.experts)
+
+
+@pytest.mark.parametrize("B", [1, 2])
+def test_gated_ff_with_biases_decode_equals_masked_full_ff(B):
+    """A gated FF with gate/up/down biases (Llama with ``mlp_bias=True``; biases set non-zero): on the shared path
+    (B = 1: sliced weights and biases) and the per-sequence path (B = 2) the decode step equals the dense model
+    with the FF activations outside the chosen experts zeroed."""
+    import transformers as tf
+
+    cfg = tf.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=72, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0,
+                         bos_token_id=1, eos_token_id=2, mlp_bias=True)
+    torch.manual_seed(0)
+    model = tf.AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():
+        for n, p_ in model.named_parameters():
+            if p_.ndim >= 2:
+                p_.normal_(0, 0.3)
+            elif "mlp" in n and "bias" in n:
+                p_.normal_(0, 0.3)
+    spec = find_mlps(model)[0]
+    assert spec.b_gate() is not None and spec.b_in() is not None and spec.b_out() is not None
+    ids, am = _batch(4, B=B)
+    cont = torch.randint(3, VOCAB, (B, 2), generator=torch.Generator().manual_seed(8))
+    with griffin.apply(model, density=0.4, backend="torch") as g:
+        got = _decode(model, ids, am, cont)
+        experts = [e.clone() for e in g.experts]
+        assert g.ffs[0].mode == ("shared" if B == 1 else "per_seq")
+    torch.testing.assert_close(got, _masked_reference(model, ids, am, cont, experts), atol=1e-4, rtol=1e-4)
