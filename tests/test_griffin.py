@@ -425,3 +425,40 @@ def test_gated_ff_with_biases_decode_equals_masked_full_ff(B):
         experts = [e.clone() for e in g.experts]
         assert g.ffs[0].mode == ("shared" if B == 1 else "per_seq")
     torch.testing.assert_close(got, _masked_reference(model, ids, am, cont, experts), atol=1e-4, rtol=1e-4)
+
+
+def test_documented_defaults_density_half_and_seed_zero():
+    """``apply(model)`` / ``Griffin(model)``: density 0.5 (half the FF neurons kept per sequence), GRIFFIN selection
+    per sequence; seed 0 by default (the random selection without a seed is the one with seed=0, and another
+    seed gives another one); ``flocking`` defaults to density 0.5 as well."""
+    model = tiny_lm("llama")
+    ids, am = _batch()
+    d_ff = find_mlps(model)[0].d_ff
+    with griffin.apply(model) as g:
+        model(input_ids=ids, attention_mask=am, use_cache=True)
+        assert all(e.shape == (3, round(0.5 * d_ff)) for e in g.experts)
+    g = griffin.Griffin(model).attach()
+    try:
+        model(input_ids=ids, attention_mask=am, use_cache=True)
+        assert all(e.shape == (3, round(0.5 * d_ff)) for e in g.experts)
+    finally:
+        g.detach()
+
+    def experts(**kw):
+        if kw.pop("cls", False):
+            h = griffin.Griffin(model, selection="random", **kw).attach()
+        else:
+            h = griffin.apply(model, selection="random", **kw)
+        try:
+            return [e.clone() for e in h.experts]
+        finally:
+            h.detach()
+
+    for cls in (False, True):
+        e0, e_default, e1 = experts(seed=0, cls=cls), experts(cls=cls), experts(seed=1, cls=cls)
+        assert all(torch.equal(a, b) for a, b in zip(e0, e_default))
+        assert not all(torch.equal(a, b) for a, b in zip(e0, e1))
+    st = griffin.flocking(model, ids, 5, attention_mask=am)
+    st_half = griffin.flocking(model, ids, 5, density=0.5, attention_mask=am)
+    assert st["chance"] == 0.5 and st["overlap_per_layer"] == st_half["overlap_per_layer"]
+    assert st["mass_per_layer"] == st_half["mass_per_layer"]
