@@ -462,3 +462,46 @@ def test_documented_defaults_density_half_and_seed_zero():
     st_half = griffin.flocking(model, ids, 5, density=0.5, attention_mask=am)
     assert st["chance"] == 0.5 and st["overlap_per_layer"] == st_half["overlap_per_layer"]
     assert st["mass_per_layer"] == st_half["mass_per_layer"]
+
+
+@pytest.mark.parametrize("family", ["opt", "gpt2"])
+def test_shared_path_decode_with_nonzero_biases_equals_masked_full_ff(family):
+    """B = 1 takes the shared path (sliced weights and biases copied once): with non-zero in/out biases on a
+    plain FF the decode step equals the dense model with the FF activations outside the experts zeroed."""
+    model = tiny_lm(family)
+    with torch.no_grad():
+        for n, p_ in model.named_parameters():
+            if p_.ndim == 1 and "bias" in n:
+                p_.normal_(0, 0.3)
+    ids, am = _batch(3, B=1)
+    cont = torch.randint(3, VOCAB, (1, 2), generator=torch.Generator().manual_seed(7))
+    with griffin.apply(model, density=0.4, backend="torch") as g:
+        got = _decode(model, ids, am, cont)
+        experts = [e.clone() for e in g.experts]
+        assert g.ffs[0].mode == "shared"
+    torch.testing.assert_close(got, _masked_reference(model, ids, am, cont, experts), atol=1e-4, rtol=1e-4)
+
+
+def test_reset_forgets_prompt_experts_but_keeps_static_ones():
+    """``reset()``: the experts chosen from the last prompt are dropped (the next decode step uses the full FF,
+    like the dense model), while a static selection (magnitude) keeps its experts (decode = masked dense FF)."""
+    model = tiny_lm("llama")
+    ids, am = _batch(1, B=1)
+    cont = torch.randint(3, VOCAB, (1, 3), generator=torch.Generator().manual_seed(5))
+    dense = _decode(model, ids, am, cont)
+    with griffin.apply(model, density=0.4, backend="torch") as g:
+        out = model(input_ids=ids, attention_mask=am, use_cache=True)
+        g.reset()
+        full = torch.cat([am, torch.ones_like(cont)], 1)
+        got = model(input_ids=cont, attention_mask=full, use_cache=True,
+                    **{cache_keyword(model): output_cache(out)}).logits
+    torch.testing.assert_close(got, dense, atol=1e-5, rtol=1e-5)
+    with griffin.apply(model, density=0.4, selection="magnitude", backend="torch") as g:
+        experts = [e.clone() for e in g.experts]
+        out = model(input_ids=ids, attention_mask=am, use_cache=True)
+        g.reset()
+        got = model(input_ids=cont, attention_mask=full, use_cache=True,
+                    **{cache_keyword(model): output_cache(out)}).logits
+    ref = _masked_reference(model, ids, am, cont, experts)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+    assert (ref - dense).abs().max() > 1e-2
