@@ -505,3 +505,62 @@ def test_reset_forgets_prompt_experts_but_keeps_static_ones():
     ref = _masked_reference(model, ids, am, cont, experts)
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
     assert (ref - dense).abs().max() > 1e-2
+
+
+def _relu_active_neurons(model, ids, am):
+    """Per layer, the FF neurons (OPT: ReLU) with any non-zero activation on the prompt's real tokens (B = 1)."""
+    specs = find_mlps(model)
+    act = [None] * len(specs)
+
+    def mk(i):
+        def hook(mod, args):
+            z = args[0].reshape(-1, args[0].shape[-1])[am.reshape(-1).bool()]
+            act[i] = set(torch.nonzero(z.abs().sum(0) > 0).flatten().tolist())
+        return hook
+
+    hs = [s.down.register_forward_pre_hook(mk(i)) for i, s in enumerate(specs)]
+    try:
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=am)
+    finally:
+        for h in hs:
+            h.remove()
+    return act
+
+
+@pytest.mark.parametrize("density", [0.2, 0.9])
+def test_sample_selection_is_proportional_to_the_score_with_dead_relu_neurons(density):
+    """``selection="sample"`` draws k neurons without replacement with probability proportional to the GRIFFIN
+    score. OPT's ReLU leaves many neurons exactly 0 on a 2-token prompt (score 0): with k below the number of
+    active neurons only active ones are drawn; with k above it, every active neuron is drawn and the rest are
+    filled from the dead ones (no error)."""
+    model = tiny_lm("opt")
+    ids = torch.tensor([[5, 17]])
+    am = torch.ones_like(ids)
+    active = _relu_active_neurons(model, ids, am)
+    d_ff = find_mlps(model)[0].d_ff
+    k = round(density * d_ff)
+    assert all(0 < len(a) < d_ff for a in active)
+    with griffin.apply(model, density=density, selection="sample", seed=2) as g:
+        model(input_ids=ids, attention_mask=am, use_cache=True)
+        for e, a in zip(g.experts, active):
+            chosen = set(e[0].tolist())
+            assert len(chosen) == k
+            assert chosen <= a if k <= len(a) else a <= chosen
+    assert any(k <= len(a) for a in active) if density == 0.2 else all(k > len(a) for a in active)
+
+
+def test_opt_decode_as_long_as_the_prompt_keeps_the_prompt_experts():
+    """OPT flattens tokens to (B*S, d_ff): a decode step whose length equals the prompt's must not be taken for a
+    prompt (no new selection from the decode activations); it equals the masked dense FF."""
+    model = tiny_lm("opt")
+    ids, am = _batch(2, B=1, S=4)
+    cont = torch.randint(3, VOCAB, (1, 4), generator=torch.Generator().manual_seed(9))
+    with griffin.apply(model, density=0.4, backend="torch") as g:
+        out = model(input_ids=ids, attention_mask=am, use_cache=True)
+        experts = [e.clone() for e in g.experts]
+        full = torch.cat([am, torch.ones_like(cont)], 1)
+        got = model(input_ids=cont, attention_mask=full, use_cache=True,
+                    **{cache_keyword(model): output_cache(out)}).logits
+        assert all(torch.equal(a, b) for a, b in zip(experts, g.experts))
+    torch.testing.assert_close(got, _masked_reference(model, ids, am, cont, experts), atol=1e-4, rtol=1e-4)
