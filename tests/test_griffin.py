@@ -314,10 +314,11 @@ def test_chosen_experts_are_topk_of_independent_griffin_statistic(family):
     assert s[got[0][0]].min() > np.delete(s, got[0][0]).max()
 
 
-def test_shared_experts_are_topk_of_pooled_statistic():
+@pytest.mark.parametrize("B", [2, 3])
+def test_shared_experts_are_topk_of_pooled_statistic(B):
     """batch_experts="shared": one set for the batch, the top-k of sqrt(sum_b score_b^2)."""
     model = tiny_lm("llama")
-    ids, am = _batch(6, B=3, S=10)
+    ids, am = _batch(6, B=B, S=10)
     zs = _dense_prefill_activations(model, ids, am)
     with griffin.apply(model, density=0.5, batch_experts="shared") as g:
         with torch.no_grad():
@@ -325,7 +326,7 @@ def test_shared_experts_are_topk_of_pooled_statistic():
         got = [e.clone().numpy() for e in g.experts]
     for layer, z in enumerate(zs):
         k = round(0.5 * z.shape[-1])
-        pooled = np.sqrt(sum(_griffin_stat(z[b], am[b].bool().numpy()) ** 2 for b in range(3)))
+        pooled = np.sqrt(sum(_griffin_stat(z[b], am[b].bool().numpy()) ** 2 for b in range(B)))
         assert got[layer].shape == (1, k)
         np.testing.assert_array_equal(got[layer][0], _topk_set(pooled, k))
 
