@@ -566,3 +566,12 @@ def test_opt_decode_as_long_as_the_prompt_keeps_the_prompt_experts():
                     **{cache_keyword(model): output_cache(out)}).logits
         assert all(torch.equal(a, b) for a, b in zip(experts, g.experts))
     torch.testing.assert_close(got, _masked_reference(model, ids, am, cont, experts), atol=1e-4, rtol=1e-4)
+
+
+def test_density_above_one_is_rejected():
+    """density is a fraction of the FF neurons, in (0, 1]: 1.0 is accepted, 1.5 (or per layer 1.01) is not."""
+    model = tiny_lm("llama")
+    griffin.apply(model, density=1.0).detach()
+    for kw in (dict(density=1.5), dict(per_layer={0: 1.01})):
+        with pytest.raises(LLMEffValueError, match="density"):
+            griffin.apply(model, **kw)
