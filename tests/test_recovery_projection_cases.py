@@ -65,3 +65,32 @@ def test_projection_in_plane_penalty_is_the_euclidean_distance(weight):
     assert torch.equal(idx[0] == b, expect_b)
     assert equal_up_to_sign(out[0][expect_b], B0.expand(n, n, 4)[expect_b], 1e-5).all()
     assert equal_up_to_sign(out[0][~expect_b], A.expand(n, n, 4)[~expect_b], 1e-5).all()
+
+
+def test_projection_reaches_exactly_radius_and_no_farther():
+    """Candidates lie within ``radius`` voxels (Euclidean, the circle included): one indexed voxel at (0, 0) in the
+    only adjacent slice, radius 2: (0, 2) and (2, 0) (distance exactly 2) take its grain, (1, 2) (sqrt 5) and
+    (2, 2) (sqrt 8) find no candidate and keep their guess (index -1)."""
+    n = 5
+    lo = A.expand(n, n, 4).clone()
+    valid = torch.zeros(n, n, dtype=torch.bool)
+    valid[0, 0] = True
+    g = neighbour_grains([(lo, valid, 0.0)], "m-3m")
+    assert g.means.shape == (1, 4)
+    guess = B.expand(1, n, n, 4).clone()
+    out, idx = project(guess, [0.5], g, "m-3m", radius=2)
+    expect = torch.tensor([[math.hypot(y, x) <= 2 for x in range(n)] for y in range(n)])
+    assert torch.equal(idx[0] == 0, expect) and bool((idx[0][~expect] == -1).all())
+    assert equal_up_to_sign(out[0][~expect], B.expand(n, n, 4)[~expect], 0).all()
+    assert equal_up_to_sign(out[0][expect], A.expand(n, n, 4)[expect], 1e-5).all()
+
+
+def test_an_unindexed_adjacent_slice_contributes_no_grains():
+    """The slice below is entirely unindexed (no grain), the slice above is one grain B: the grain table holds
+    B's mean only and every voxel of the gap takes it."""
+    lo, hi = A.expand(Y, X, 4).clone(), B.expand(Y, X, 4).clone()
+    g = neighbour_grains([(lo, torch.zeros(Y, X, dtype=torch.bool), 0.0), (hi, None, 1.0)], "m-3m")
+    assert g.means.shape == (1, 4) and bool((g.labels[0] == -1).all()) and bool((g.labels[1] == 0).all())
+    assert equal_up_to_sign(g.means[0], B, 1e-5)
+    out, idx = project(A.expand(1, Y, X, 4).clone(), [0.5], g, "m-3m", radius=1)
+    assert (idx == 0).all() and equal_up_to_sign(out[0], B.expand(Y, X, 4), 1e-5).all()
