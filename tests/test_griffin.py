@@ -575,3 +575,19 @@ def test_density_above_one_is_rejected():
     for kw in (dict(density=1.5), dict(per_layer={0: 1.01})):
         with pytest.raises(LLMEffValueError, match="density"):
             griffin.apply(model, **kw)
+
+
+def test_decode_with_another_batch_size_says_which_sizes():
+    """Per-sequence experts are chosen for the prompt's batch: a decode step with another batch size raises a
+    LLMEffValueError that names both sizes (2 selected, 3 in the step) and the way out (reset)."""
+    model = tiny_lm("llama")
+    ids3, am3 = _batch(2, B=3)
+    out3 = model(input_ids=ids3, attention_mask=am3, use_cache=True)       # a batch-3 cache, dense
+    ids, am = _batch(1, B=2)
+    cont = torch.randint(3, VOCAB, (3, 1), generator=torch.Generator().manual_seed(3))
+    with griffin.apply(model, density=0.5, backend="torch") as g:
+        model(input_ids=ids, attention_mask=am, use_cache=True)              # experts for a batch of 2
+        assert g.ffs[0].mode == "per_seq"
+        with pytest.raises(LLMEffValueError, match=r"batch of 2 sequences but the decode step has 3; call \.reset"):
+            model(input_ids=cont, attention_mask=torch.cat([am3, torch.ones_like(cont)], 1), use_cache=True,
+                  **{cache_keyword(model): output_cache(out3)})
