@@ -413,10 +413,12 @@ def main(argv=None) -> int:
                 "clean_s": round(base_s, 1)}
 
         def dump(complete: bool, extra_meta: dict | None = None) -> None:
-            surv = [r for r in rows if r["result"] == "survived"]
-            out.write_text(json.dumps({**meta, "complete": complete, "mutants": len(rows), "survived": len(surv),
-                                       "survived_share": len(surv) / len(rows) if rows else 0.0,
-                                       **(extra_meta or {}), "rows": rows}, indent=1))
+            done = {r["site"] for r in rows}  # kept rows not reached yet stay in the file (a resumed run cut short)
+            allrows = rows + [r for i, r in previous.items() if i not in done]
+            surv = [r for r in allrows if r["result"] == "survived"]
+            out.write_text(json.dumps({**meta, "complete": complete, "mutants": len(allrows), "survived": len(surv),
+                                       "survived_share": len(surv) / len(allrows) if allrows else 0.0,
+                                       **(extra_meta or {}), "rows": allrows}, indent=1))
         t_start = time.perf_counter()
         try:
             for k, (i, line, desc) in enumerate(chosen):
