@@ -94,3 +94,13 @@ def test_an_unindexed_adjacent_slice_contributes_no_grains():
     assert equal_up_to_sign(g.means[0], B, 1e-5)
     out, idx = project(A.expand(1, Y, X, 4).clone(), [0.5], g, "m-3m", radius=1)
     assert (idx == 0).all() and equal_up_to_sign(out[0], B.expand(Y, X, 4), 1e-5).all()
+
+
+def test_neighbour_grains_default_threshold_is_5_degrees():
+    """Grains of an adjacent slice are split at the default 5 deg: halves 7 deg apart are two grains, halves 3 deg
+    apart are one (the segmentation threshold of ``neighbour_grains``)."""
+    for deg, n in ((7.0, 2), (3.0, 1)):
+        q = A.expand(Y, X, 4).clone()
+        q[:, X // 2:] = _rot([0, 0, 1], 10 + deg)  # A is 10 deg about z
+        g = neighbour_grains([(q, None, 0.0)], "m-3m")
+        assert g.means.shape == (n, 4), deg
