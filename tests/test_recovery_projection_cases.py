@@ -104,3 +104,24 @@ def test_neighbour_grains_default_threshold_is_5_degrees():
         q[:, X // 2:] = _rot([0, 0, 1], 10 + deg)  # A is 10 deg about z
         g = neighbour_grains([(q, None, 0.0)], "m-3m")
         assert g.means.shape == (n, 4), deg
+
+
+def test_projection_default_weights_are_1_deg_per_voxel_and_2_deg_per_gap():
+    """The documented cost with its defaults (spatial_weight 1 deg per voxel, z_weight 2 deg per gap fraction), on
+    grains A and B = A turned 1.2 deg further (segmented at 0.5 deg so they stay apart); every guess is B.
+    In-plane: one B voxel amid A: B costs d, A costs 1.2, so B is taken up to d = 1 (not the diagonals, 1.41).
+    Across the gap: A below, B above; at gap position p, A costs 1.2 + 2p and B costs 2(1 - p): B from p > 0.2."""
+    n, c = 7, 3
+    B1 = _rot([0, 0, 1], 11.2)
+    lo = A.expand(n, n, 4).clone()
+    lo[c, c] = B1
+    g = neighbour_grains([(lo, None, 0.0)], "m-3m", threshold_deg=0.5)
+    assert g.means.shape == (2, 4)
+    b = int(g.labels[0, c, c])
+    _, idx = project(B1.expand(1, n, n, 4).clone(), [0.5], g, "m-3m", radius=3)
+    expect_b = torch.tensor([[math.hypot(y - c, x - c) < 1.2 for x in range(n)] for y in range(n)])
+    assert torch.equal(idx[0] == b, expect_b)
+    g2 = neighbour_grains([(A.expand(Y, X, 4).clone(), None, 0.0), (B1.expand(Y, X, 4).clone(), None, 1.0)], "m-3m",
+                          threshold_deg=0.5)
+    _, idx = project(B1.expand(2, Y, X, 4).clone(), [0.15, 0.25], g2, "m-3m", radius=1)
+    assert (idx[0] == 0).all() and (idx[1] == 1).all()
