@@ -125,3 +125,14 @@ def test_projection_default_weights_are_1_deg_per_voxel_and_2_deg_per_gap():
                           threshold_deg=0.5)
     _, idx = project(B1.expand(2, Y, X, 4).clone(), [0.15, 0.25], g2, "m-3m", radius=1)
     assert (idx[0] == 0).all() and (idx[1] == 1).all()
+
+
+def test_projection_without_any_grain_keeps_the_guess_with_index_minus_1():
+    """Both adjacent slices unindexed: no grain at all, so every voxel keeps its guess and its index is -1 (as
+    documented for voxels without a candidate)."""
+    none = torch.zeros(Y, X, dtype=torch.bool)
+    g = neighbour_grains([(A.expand(Y, X, 4).clone(), none, 0.0), (B.expand(Y, X, 4).clone(), none, 1.0)], "m-3m")
+    assert g.means.shape == (0, 4)
+    guess = _rot([0, 1, 0], 3).expand(2, Y, X, 4).clone()
+    out, idx = project(guess, [0.3, 0.6], g, "m-3m")
+    assert torch.equal(out, guess) and idx.shape == (2, Y, X) and bool((idx == -1).all())
