@@ -352,6 +352,9 @@ def main(argv=None) -> int:
                          "holding the mutated line, found by a profiled clean run; module-level lines: all tests)")
     ap.add_argument("--resume", action="store_true",
                     help="keep the rows of an earlier run of the same module and tests in the JSON; run the rest")
+    ap.add_argument("--rerun-timeouts", action="store_true",
+                    help="with --resume: run the kept timeouts again (e.g. with a larger --timeout-factor, when a "
+                         "busy machine, not the mutant, made them slow)")
     ap.add_argument("--rerun-survived", action="store_true",
                     help="with --resume: run the kept survivors again (after tests were added; kills stay kills "
                          "as long as no test was removed or weakened)")
@@ -423,7 +426,8 @@ def main(argv=None) -> int:
         try:
             for k, (i, line, desc) in enumerate(chosen):
                 if i in previous and previous[i].get("line") == line and previous[i].get("mutation") == desc \
-                        and not (args.rerun_survived and previous[i]["result"] == "survived"):
+                        and not (args.rerun_survived and previous[i]["result"] == "survived") \
+                        and not (args.rerun_timeouts and previous[i]["result"] == "timeout"):
                     rows.append(previous[i])
                     if previous[i].get("killed_by") and previous[i]["killed_by"] not in killers:
                         killers.append(previous[i]["killed_by"])
