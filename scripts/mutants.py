@@ -9,7 +9,10 @@ augmented assignment, and/or, dropped unary minus and not, integer constants n -
 x -> 2x (0.0 -> 1.0), True <-> False. Docstrings, string constants and module-level ``__all__`` are left alone.
 
 A mutant is *killed* when the tests fail or time out (``timeout-factor`` x the clean run), *survives* when they
-pass. With the default killer-first ordering, the tests that killed earlier mutants run first (most recent killer
+pass. By default the clean run is profiled to learn which test calls which function of the module; a mutant then
+runs only the tests that call the function holding it (all tests for module- or class-level lines and for
+functions also called at import or in a fixture's setup; none, and "survived" without running, for a function no
+test calls). With the default killer-first ordering, the tests that killed earlier mutants run first (most recent killer
 first, the rest in collection order), so that with ``-x`` a killed mutant costs about one test; the test that
 killed each mutant is recorded, and at the end the clean tree is run once more in the final order to show that
 the reordering alone fails nothing. The JSON is rewritten after every mutant (``"complete": false`` until the
