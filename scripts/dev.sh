@@ -200,7 +200,7 @@ case "$TASK" in
     declare -A MT=(
       [tensorrpca/scaledgd.py]="tests/test_rpca_scaledgd.py|-m 'not slow'"
       [ebsd/orientation/misorientation.py]="tests/test_orientation_core.py|-k 'misorientation or disorientation'"
-      [ebsd/recovery/projection.py]="tests/test_recovery_api.py tests/test_recovery_baselines.py|-m 'not slow'"
+      [ebsd/recovery/projection.py]="tests/test_recovery_projection_cases.py tests/test_recovery_baselines.py tests/test_recovery_api.py|-m 'not slow'"
       [llmeff/griffin.py]="tests/test_griffin.py|-k 'not compile'"
       [llmeff/kvcache/shadowkv.py]="tests/test_kvcache_shadowkv.py|"
       [diffusion/model.py]="tests/test_diffusion_model.py tests/test_diffusion_checkpoint_quality.py|"

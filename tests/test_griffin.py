@@ -314,10 +314,11 @@ def test_chosen_experts_are_topk_of_independent_griffin_statistic(family):
     assert s[got[0][0]].min() > np.delete(s, got[0][0]).max()
 
 
-def test_shared_experts_are_topk_of_pooled_statistic():
+@pytest.mark.parametrize("B", [2, 3])
+def test_shared_experts_are_topk_of_pooled_statistic(B):
     """batch_experts="shared": one set for the batch, the top-k of sqrt(sum_b score_b^2)."""
     model = tiny_lm("llama")
-    ids, am = _batch(6, B=3, S=10)
+    ids, am = _batch(6, B=B, S=10)
     zs = _dense_prefill_activations(model, ids, am)
     with griffin.apply(model, density=0.5, batch_experts="shared") as g:
         with torch.no_grad():
@@ -325,7 +326,7 @@ def test_shared_experts_are_topk_of_pooled_statistic():
         got = [e.clone().numpy() for e in g.experts]
     for layer, z in enumerate(zs):
         k = round(0.5 * z.shape[-1])
-        pooled = np.sqrt(sum(_griffin_stat(z[b], am[b].bool().numpy()) ** 2 for b in range(3)))
+        pooled = np.sqrt(sum(_griffin_stat(z[b], am[b].bool().numpy()) ** 2 for b in range(B)))
         assert got[layer].shape == (1, k)
         np.testing.assert_array_equal(got[layer][0], _topk_set(pooled, k))
 
@@ -348,13 +349,14 @@ def test_magnitude_selection_is_topk_of_weight_norms(family):
         np.testing.assert_array_equal(got[layer][0], _topk_set(a * b, k))
 
 
-@pytest.mark.parametrize("family", ["llama", "opt"])
-def test_flocking_statistic_against_independent_computation(family):
+@pytest.mark.parametrize("family, density", [("llama", 0.25), ("opt", 0.25), ("llama", 0.005)])
+def test_flocking_statistic_against_independent_computation(family, density):
     """flocking(): per layer and sequence, overlap of the prompt's and the continuation's top-k GRIFFIN sets (|A&B|/k)
-    and the continuation's normalised squared mass on the prompt's set, recomputed here in float64 numpy."""
+    and the continuation's normalised squared mass on the prompt's set, recomputed here in float64 numpy (a density
+    that rounds to no neuron keeps one)."""
     model = tiny_lm(family)
     ids, am = _batch(8, B=2, S=12)
-    P, density = 7, 0.25
+    P = 7
     st = griffin.flocking(model, ids, prompt_len=P, density=density, attention_mask=am)
     zs = _dense_prefill_activations(model, ids, am)
     ov, ms = [], []
@@ -396,3 +398,196 @@ def test_decode_with_nonzero_biases_equals_masked_full_ff(family):
     with griffin.apply(model, density=1e-3) as g:
         model(input_ids=ids, attention_mask=am, use_cache=True)
         assert all(e.shape[-1] == 1 for e in g.experts)
+
+
+@pytest.mark.parametrize("B", [1, 2])
+def test_gated_ff_with_biases_decode_equals_masked_full_ff(B):
+    """A gated FF with gate/up/down biases (Llama with ``mlp_bias=True``; biases set non-zero): on the shared path
+    (B = 1: sliced weights and biases) and the per-sequence path (B = 2) the decode step equals the dense model
+    with the FF activations outside the chosen experts zeroed."""
+    import transformers as tf
+
+    cfg = tf.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=72, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0,
+                         bos_token_id=1, eos_token_id=2, mlp_bias=True)
+    torch.manual_seed(0)
+    model = tf.AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():
+        for n, p_ in model.named_parameters():
+            if p_.ndim >= 2:
+                p_.normal_(0, 0.3)
+            elif "mlp" in n and "bias" in n:
+                p_.normal_(0, 0.3)
+    spec = find_mlps(model)[0]
+    assert spec.b_gate() is not None and spec.b_in() is not None and spec.b_out() is not None
+    ids, am = _batch(4, B=B)
+    cont = torch.randint(3, VOCAB, (B, 2), generator=torch.Generator().manual_seed(8))
+    with griffin.apply(model, density=0.4, backend="torch") as g:
+        got = _decode(model, ids, am, cont)
+        experts = [e.clone() for e in g.experts]
+        assert g.ffs[0].mode == ("shared" if B == 1 else "per_seq")
+    torch.testing.assert_close(got, _masked_reference(model, ids, am, cont, experts), atol=1e-4, rtol=1e-4)
+
+
+def test_documented_defaults_density_half_and_seed_zero():
+    """``apply(model)`` / ``Griffin(model)``: density 0.5 (half the FF neurons kept per sequence), GRIFFIN selection
+    per sequence; seed 0 by default (the random selection without a seed is the one with seed=0, and another
+    seed gives another one); ``flocking`` defaults to density 0.5 as well."""
+    model = tiny_lm("llama")
+    ids, am = _batch()
+    d_ff = find_mlps(model)[0].d_ff
+    with griffin.apply(model) as g:
+        model(input_ids=ids, attention_mask=am, use_cache=True)
+        assert all(e.shape == (3, round(0.5 * d_ff)) for e in g.experts)
+    g = griffin.Griffin(model).attach()
+    try:
+        model(input_ids=ids, attention_mask=am, use_cache=True)
+        assert all(e.shape == (3, round(0.5 * d_ff)) for e in g.experts)
+    finally:
+        g.detach()
+
+    def experts(**kw):
+        if kw.pop("cls", False):
+            h = griffin.Griffin(model, selection="random", **kw).attach()
+        else:
+            h = griffin.apply(model, selection="random", **kw)
+        try:
+            return [e.clone() for e in h.experts]
+        finally:
+            h.detach()
+
+    for cls in (False, True):
+        e0, e_default, e1 = experts(seed=0, cls=cls), experts(cls=cls), experts(seed=1, cls=cls)
+        assert all(torch.equal(a, b) for a, b in zip(e0, e_default))
+        assert not all(torch.equal(a, b) for a, b in zip(e0, e1))
+    st = griffin.flocking(model, ids, 5, attention_mask=am)
+    st_half = griffin.flocking(model, ids, 5, density=0.5, attention_mask=am)
+    assert st["chance"] == 0.5 and st["overlap_per_layer"] == st_half["overlap_per_layer"]
+    assert st["mass_per_layer"] == st_half["mass_per_layer"]
+
+
+@pytest.mark.parametrize("family", ["opt", "gpt2"])
+def test_shared_path_decode_with_nonzero_biases_equals_masked_full_ff(family):
+    """B = 1 takes the shared path (sliced weights and biases copied once): with non-zero in/out biases on a
+    plain FF the decode step equals the dense model with the FF activations outside the experts zeroed."""
+    model = tiny_lm(family)
+    with torch.no_grad():
+        for n, p_ in model.named_parameters():
+            if p_.ndim == 1 and "bias" in n:
+                p_.normal_(0, 0.3)
+    ids, am = _batch(3, B=1)
+    cont = torch.randint(3, VOCAB, (1, 2), generator=torch.Generator().manual_seed(7))
+    with griffin.apply(model, density=0.4, backend="torch") as g:
+        got = _decode(model, ids, am, cont)
+        experts = [e.clone() for e in g.experts]
+        assert g.ffs[0].mode == "shared"
+    torch.testing.assert_close(got, _masked_reference(model, ids, am, cont, experts), atol=1e-4, rtol=1e-4)
+
+
+def test_reset_forgets_prompt_experts_but_keeps_static_ones():
+    """``reset()``: the experts chosen from the last prompt are dropped (the next decode step uses the full FF,
+    like the dense model), while a static selection (magnitude) keeps its experts (decode = masked dense FF)."""
+    model = tiny_lm("llama")
+    ids, am = _batch(1, B=1)
+    cont = torch.randint(3, VOCAB, (1, 3), generator=torch.Generator().manual_seed(5))
+    dense = _decode(model, ids, am, cont)
+    with griffin.apply(model, density=0.4, backend="torch") as g:
+        out = model(input_ids=ids, attention_mask=am, use_cache=True)
+        g.reset()
+        full = torch.cat([am, torch.ones_like(cont)], 1)
+        got = model(input_ids=cont, attention_mask=full, use_cache=True,
+                    **{cache_keyword(model): output_cache(out)}).logits
+    torch.testing.assert_close(got, dense, atol=1e-5, rtol=1e-5)
+    with griffin.apply(model, density=0.4, selection="magnitude", backend="torch") as g:
+        experts = [e.clone() for e in g.experts]
+        out = model(input_ids=ids, attention_mask=am, use_cache=True)
+        g.reset()
+        got = model(input_ids=cont, attention_mask=full, use_cache=True,
+                    **{cache_keyword(model): output_cache(out)}).logits
+    ref = _masked_reference(model, ids, am, cont, experts)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+    assert (ref - dense).abs().max() > 1e-2
+
+
+def _relu_active_neurons(model, ids, am):
+    """Per layer, the FF neurons (OPT: ReLU) with any non-zero activation on the prompt's real tokens (B = 1)."""
+    specs = find_mlps(model)
+    act = [None] * len(specs)
+
+    def mk(i):
+        def hook(mod, args):
+            z = args[0].reshape(-1, args[0].shape[-1])[am.reshape(-1).bool()]
+            act[i] = set(torch.nonzero(z.abs().sum(0) > 0).flatten().tolist())
+        return hook
+
+    hs = [s.down.register_forward_pre_hook(mk(i)) for i, s in enumerate(specs)]
+    try:
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=am)
+    finally:
+        for h in hs:
+            h.remove()
+    return act
+
+
+@pytest.mark.parametrize("density", [0.2, 0.9])
+def test_sample_selection_is_proportional_to_the_score_with_dead_relu_neurons(density):
+    """``selection="sample"`` draws k neurons without replacement with probability proportional to the GRIFFIN
+    score. OPT's ReLU leaves many neurons exactly 0 on a 2-token prompt (score 0): with k below the number of
+    active neurons only active ones are drawn; with k above it, every active neuron is drawn and the rest are
+    filled from the dead ones (no error)."""
+    model = tiny_lm("opt")
+    ids = torch.tensor([[5, 17]])
+    am = torch.ones_like(ids)
+    active = _relu_active_neurons(model, ids, am)
+    d_ff = find_mlps(model)[0].d_ff
+    k = round(density * d_ff)
+    assert all(0 < len(a) < d_ff for a in active)
+    with griffin.apply(model, density=density, selection="sample", seed=2) as g:
+        model(input_ids=ids, attention_mask=am, use_cache=True)
+        for e, a in zip(g.experts, active):
+            chosen = set(e[0].tolist())
+            assert len(chosen) == k
+            assert chosen <= a if k <= len(a) else a <= chosen
+    assert any(k <= len(a) for a in active) if density == 0.2 else all(k > len(a) for a in active)
+
+
+def test_opt_decode_as_long_as_the_prompt_keeps_the_prompt_experts():
+    """OPT flattens tokens to (B*S, d_ff): a decode step whose length equals the prompt's must not be taken for a
+    prompt (no new selection from the decode activations); it equals the masked dense FF."""
+    model = tiny_lm("opt")
+    ids, am = _batch(2, B=1, S=4)
+    cont = torch.randint(3, VOCAB, (1, 4), generator=torch.Generator().manual_seed(9))
+    with griffin.apply(model, density=0.4, backend="torch") as g:
+        out = model(input_ids=ids, attention_mask=am, use_cache=True)
+        experts = [e.clone() for e in g.experts]
+        full = torch.cat([am, torch.ones_like(cont)], 1)
+        got = model(input_ids=cont, attention_mask=full, use_cache=True,
+                    **{cache_keyword(model): output_cache(out)}).logits
+        assert all(torch.equal(a, b) for a, b in zip(experts, g.experts))
+    torch.testing.assert_close(got, _masked_reference(model, ids, am, cont, experts), atol=1e-4, rtol=1e-4)
+
+
+def test_density_above_one_is_rejected():
+    """density is a fraction of the FF neurons, in (0, 1]: 1.0 is accepted, 1.5 (or per layer 1.01) is not."""
+    model = tiny_lm("llama")
+    griffin.apply(model, density=1.0).detach()
+    for kw in (dict(density=1.5), dict(per_layer={0: 1.01})):
+        with pytest.raises(LLMEffValueError, match="density"):
+            griffin.apply(model, **kw)
+
+
+def test_decode_with_another_batch_size_says_which_sizes():
+    """Per-sequence experts are chosen for the prompt's batch: a decode step with another batch size raises a
+    LLMEffValueError that names both sizes (2 selected, 3 in the step) and the way out (reset)."""
+    model = tiny_lm("llama")
+    ids3, am3 = _batch(2, B=3)
+    out3 = model(input_ids=ids3, attention_mask=am3, use_cache=True)       # a batch-3 cache, dense
+    ids, am = _batch(1, B=2)
+    cont = torch.randint(3, VOCAB, (3, 1), generator=torch.Generator().manual_seed(3))
+    with griffin.apply(model, density=0.5, backend="torch") as g:
+        model(input_ids=ids, attention_mask=am, use_cache=True)              # experts for a batch of 2
+        assert g.ffs[0].mode == "per_seq"
+        with pytest.raises(LLMEffValueError, match=r"batch of 2 sequences but the decode step has 3; call \.reset"):
+            model(input_ids=cont, attention_mask=torch.cat([am3, torch.ones_like(cont)], 1), use_cache=True,
+                  **{cache_keyword(model): output_cache(out3)})

@@ -197,3 +197,29 @@ def test_small_budget_close_to_full_attention_and_better_than_random_chunks(monk
             rand.append(_rel(_decode_logits(m, policy()), ref))
     assert max(ours) < 0.6, ours
     assert sum(ours) < 0.9 * sum(rand), (ours, rand)
+
+
+def test_outlier_chunks_are_the_least_similar_to_their_landmark():
+    """ShadowKV keeps exactly the chunks whose keys are least like their landmark (the chunk's mean key; lowest
+    minimum cosine similarity). Recomputed here from the keys of a dense cache of the same prompt."""
+    m = tiny()
+    ids, am = batch(T=64)
+    am = torch.ones_like(am)
+    c, lw, n_out = 8, 8, 2
+    with torch.no_grad():
+        dense = DynamicCache(config=m.config)
+        m(input_ids=ids, attention_mask=am, **{cache_keyword(m): dense}, use_cache=True)
+        with kvcache.apply(m, ShadowKV(budget=16, rank=6, chunk=c, local_window=lw, outlier_chunks=n_out)):
+            cache = DynamicCache(config=m.config)
+            m(input_ids=ids, attention_mask=am, **{cache_keyword(m): cache}, use_cache=True)
+    T = ids.shape[1]
+    Tc = (T - lw) // c * c
+    for full, lay in zip(dense.layers, cache.layers):
+        k = full.keys[:, :, :Tc].double()                      # (B, Hkv, Tc, D), as the attention sees them
+        B, hk, _, D = k.shape
+        kc = k.reshape(B, hk, Tc // c, c, D)
+        mean = kc.mean(3, keepdim=True)
+        cos = (kc * mean).sum(-1) / (kc.norm(dim=-1) * mean.norm(dim=-1))
+        worst = cos.amin(-1).argsort(-1)[..., :n_out]          # least similar chunks
+        want = torch.zeros(B, hk, Tc // c, dtype=torch.bool).scatter_(2, worst, True)
+        assert torch.equal(lay.outlier.cpu(), want)

@@ -242,3 +242,27 @@ def test_disorientation_near_tie_axis_stays_in_the_standard_triangle_float64():
     ang = float(misorientation_angle(one, r, "m-3m")[0])
     o = Orientation(r.numpy(), symmetry=osym.Oh)
     assert ang == pytest.approx(float(o.angle_with(Orientation(one.numpy(), symmetry=osym.Oh))[0]), abs=1e-9)
+
+
+@pytest.mark.parametrize("dtype, delta", [(torch.float32, 1.5e-5), (torch.float64, 1.5e-9)])
+def test_disorientation_near_tie_beyond_the_tie_tolerance_is_not_a_tie(dtype, delta):
+    """Axis components c and d 1.5x the documented tie tolerance apart (1e-5 in float32, 1e-9 in float64; far
+    above rounding: ~1e-7 and ~1e-16). The input M = (a, 0.2, 0.1 + delta, 0.1) is inside the cubic fundamental
+    zone (Rodrigues vector (0.21, 0.10, 0.10): each |r_i| < sqrt(2) - 1, sum < 1) with b > c > d > 0, so it is
+    its own disorientation: it must come back unchanged, not as (a, 0.2, 0.1, 0.1 + delta), which is the same
+    rotation class with the axis outside Mackenzie's triangle (c < d by delta)."""
+    from ebsd.orientation import misorientation
+
+    b, c, d = 0.2, 0.1 + delta, 0.1
+    m64 = torch.tensor([[math.sqrt(1 - b * b - c * c - d * d), b, c, d]], dtype=torch.float64)
+    one = torch.tensor([[1.0, 0.0, 0.0, 0.0]], dtype=dtype)
+    m = m64.to(dtype)
+    out = misorientation(one, m, "m-3m")[0].double()
+    ulp = 1e-6 if dtype == torch.float32 else 1e-14
+    assert float(out[2]) - float(out[3]) > delta / 2, out  # c > d kept: delta is not taken for a tie
+    assert torch.allclose(out, m.double()[0], atol=ulp, rtol=0), (out, m)
+    # the angle is orix's
+    o = Orientation(m64.numpy(), symmetry=osym.Oh)
+    ang = 2 * math.degrees(math.acos(min(1.0, float(out[0]))))
+    assert ang == pytest.approx(math.degrees(float(o.angle_with(Orientation(np.array([[1.0, 0, 0, 0]]),
+                                                                             symmetry=osym.Oh))[0])), abs=1e-3)

@@ -278,3 +278,149 @@ def test_soft_threshold_tensor_zeta_path_matches_float_path():
     torch.testing.assert_close(c2.detach(), c1, atol=1e-10, rtol=1e-10)
     for a, b in zip(f2, f1):
         torch.testing.assert_close(a.detach(), b, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["hard", "soft"])
+def test_spectral_init_with_a_tensor_threshold_is_the_hosvd_of_the_unthresholded_part(mode):
+    """``spectral_init`` = HOSVD_r(Y - T_zeta0(Y)). With zeta0 above max|Y| nothing is thresholded, so for an
+    exactly rank-(2,2,2) Y the initial X is Y itself (ground truth), for a float and for a tensor zeta0 (the
+    differentiable path of the unfolded network); at a threshold inside the data's range both paths agree."""
+    p = synthetic_rpca((8, 9, 10), (2, 2, 2), kappa=2, alpha=0.1, seed=8)
+    L = torch.as_tensor(p.low_rank, dtype=torch.float64)
+    big = 2 * float(L.abs().max())
+    for z in (big, torch.tensor(big, dtype=torch.float64, requires_grad=True)):
+        f, c = spectral_init(L, (2, 2, 2), z, mode=mode)
+        assert rel_err(tucker_to_tensor(c.detach(), [U.detach() for U in f]), L) < 1e-12
+    Y = torch.as_tensor(p.Y, dtype=torch.float64)
+    mid = 0.5 * float(Y.abs().max())
+    f1, c1 = spectral_init(Y, (2, 2, 2), mid, mode=mode)
+    f2, c2 = spectral_init(Y, (2, 2, 2), torch.tensor(mid, dtype=torch.float64), mode=mode)
+    X1, X2 = tucker_to_tensor(c1, f1), tucker_to_tensor(c2.detach(), [U.detach() for U in f2])
+    assert rel_err(X2, X1) < 1e-10
+
+
+def test_an_int_rank_means_that_rank_for_every_mode():
+    """``ranks=2`` (an int, also a numpy int) is ``(2, 2, 2)``: same shapes and the same recovered low-rank part,
+    which is the truth; ``ranks=True`` is not a rank."""
+    p = synthetic_rpca((10, 11, 12), (2, 2, 2), kappa=2, alpha=0.1, seed=6)
+    res = rpca(p.Y, 2)
+    assert res.converged and rel_err(res.low_rank, p.low_rank) < 1e-5
+    for res in (res, rpca(p.Y, np.int64(2), max_iter=1)):
+        assert tuple(res.core.shape) == (2, 2, 2) and [tuple(U.shape) for U in res.factors] == [(10, 2), (11, 2),
+                                                                                                (12, 2)]
+    with pytest.raises(RPCAInputError, match="ranks"):
+        rpca(p.Y, True)
+
+
+def test_default_max_iter_is_200():
+    """The signature's default ``max_iter=200``: a run that cannot reach tol (tiny step, constant threshold)
+    stops after exactly 200 iterations and says so."""
+    p = synthetic_rpca((6, 7, 8), (2, 2, 2), kappa=2, alpha=0.1, seed=8)
+    with pytest.warns(RPCAConvergenceWarning, match="max_iter=200"):
+        res = rpca(p.Y, (2, 2, 2), step=1e-3, decay=1.0)
+    assert res.n_iter == 200 and len(res.history) == 200 and not res.converged
+    assert res.rel_changes[-1] > 1e-7
+
+
+def test_hard_threshold_tensor_zeta_path_keeps_ties_in_the_residual():
+    """Hard thresholding: R = -(Y - X) 1{|Y - X| <= zeta} (module docstring), ties included. Integer-valued
+    Y - X with entries exactly at +-zeta: the differentiable path (zeta a tensor that requires grad) takes the
+    same step as the float path (the fused-kernel code), and its residual is the hand-computed one."""
+    g = torch.Generator().manual_seed(0)
+    Y = torch.randint(-3, 4, (3, 4, 5), generator=g).double()
+    assert (Y.abs() == 2).sum() > 5
+    f = [torch.eye(n, 2, dtype=torch.float64) for n in (3, 4, 5)]
+    c = torch.zeros(2, 2, 2, dtype=torch.float64)
+    c[0, 0, 0], c[1, 1, 1] = 1.0, -1.0  # X: 1 at (0,0,0), -1 at (1,1,1); Y - X stays integer
+    f1, c1 = scaledgd_step(Y, f, c, 2.0, 0.5, mode="hard")
+    f2, c2 = scaledgd_step(Y, f, c, torch.tensor(2.0, dtype=torch.float64, requires_grad=True), 0.5, mode="hard")
+    torch.testing.assert_close(c2.detach(), c1, atol=1e-12, rtol=0)
+    for a, b in zip(f2, f1):
+        torch.testing.assert_close(a.detach(), b, atol=1e-12, rtol=0)
+    # by hand: X = c x f; R = -(Y - X) where |Y - X| <= 2; the core's gradient is R x_i f_i^T (f orthonormal)
+    X = torch.zeros(3, 4, 5, dtype=torch.float64)
+    X[0, 0, 0], X[1, 1, 1] = 1.0, -1.0
+    D = Y - X
+    R = torch.where(D.abs() <= 2, -D, torch.zeros_like(D))
+    torch.testing.assert_close(c1, c - 0.5 * R[:2, :2, :2], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("make", [np.zeros, torch.zeros])
+def test_empty_input_is_named_empty(make):
+    with pytest.raises(RPCAInputError, match="empty"):
+        rpca(make((0, 3, 4)), (1, 1, 1))
+
+
+def test_a_rank_equal_to_the_dimension_is_allowed():
+    """``1 <= r_i <= I_i``: a mode of size 2 at rank 2 is fine; an exactly low-rank tensor comes back whole."""
+    g = torch.Generator().manual_seed(1)
+    core = torch.randn(2, 2, 2, generator=g, dtype=torch.float64)
+    fs = [torch.linalg.qr(torch.randn(n, 2, generator=g, dtype=torch.float64))[0] for n in (2, 6, 7)]
+    L = tucker_to_tensor(core, fs)
+    res = rpca(L, (2, 2, 2))
+    assert rel_err(res.low_rank, L) < 1e-6
+
+
+def test_sparsity_bounds_and_a_non_numeric_tol():
+    """``sparsity`` in [0, 0.5): 0 is accepted, 0.5 is not; a tol that is not a number is an RPCAInputError
+    (not a bare ValueError/TypeError from float())."""
+    p = synthetic_rpca((6, 7, 8), (2, 2, 2), kappa=2, alpha=0.1, seed=8)
+    with pytest.warns(RPCAConvergenceWarning, match="max_iter=1"):  # accepted: it runs
+        rpca(p.Y, (2, 2, 2), sparsity=0.0, max_iter=1)
+    with pytest.raises(RPCAInputError, match="sparsity"):
+        rpca(p.Y, (2, 2, 2), sparsity=0.5)
+    for bad in ("abc", None):
+        with pytest.raises(RPCAInputError, match="tol"):
+            rpca(p.Y, (2, 2, 2), tol=bad)
+
+
+def test_decay_and_step_bounds_and_bool_ranks():
+    """Documented ranges: decay (rho) in (0, 1], step (eta) in (0, 2); a bool is not a rank."""
+    p = synthetic_rpca((6, 7, 8), (2, 2, 2), kappa=2, alpha=0.1, seed=8)
+    with pytest.warns(RPCAConvergenceWarning, match="max_iter=1"):  # the bounds themselves are accepted
+        rpca(p.Y, (2, 2, 2), decay=1.0, step=1.99, max_iter=1)
+    for kw in (dict(decay=0.0), dict(step=2.0)):
+        with pytest.raises(RPCAInputError, match="decay" if "decay" in kw else "step"):
+            rpca(p.Y, (2, 2, 2), **kw)
+    with pytest.raises(RPCAInputError, match="integers"):
+        rpca(p.Y, (True, 2, 2))
+
+
+def test_small_scale_data_is_recovered_like_large():
+    """Scale equivariance: rpca(c Y) = c rpca(Y) in its low-rank part; here c = 1e-3, where every entry and the
+    Tucker core are below 1 (an early exit must only trigger when Y thresholds to exactly zero)."""
+    p = synthetic_rpca((10, 11, 12), (2, 2, 2), kappa=2, alpha=0.1, seed=6)
+    c = 1e-3
+    res = rpca(p.Y * c, (2, 2, 2))
+    assert float(torch.as_tensor(res.core).abs().max()) < 1
+    assert res.converged and res.n_iter > 1 and rel_err(res.low_rank, p.low_rank * c) < 1e-5
+
+
+def test_zero_thresholds_are_accepted():
+    """``zeta0``/``zeta1`` must be finite and >= 0: zero is a valid threshold."""
+    p = synthetic_rpca((6, 7, 8), (2, 2, 2), kappa=2, alpha=0.1, seed=8)
+    for params in ({"zeta0": 0.0}, {"zeta1": 0.0}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RPCAConvergenceWarning)
+            rpca(p.Y, (2, 2, 2), params=params, max_iter=2)
+
+
+def test_convergence_warnings_point_at_the_callers_line():
+    """Both RPCAConvergenceWarnings (max_iter reached; likely-wrong answer) are attributed to the line that
+    called rpca (stacklevel), so a user sees their own call in the warning."""
+    p = synthetic_rpca((6, 7, 8), (2, 2, 2), kappa=2, alpha=0.1, seed=8)
+    with pytest.warns(RPCAConvergenceWarning) as rec:
+        rpca(p.Y, (2, 2, 2), max_iter=2)
+    with pytest.warns(RPCAConvergenceWarning, match="likely wrong") as rec2:
+        rpca(p.Y, (1, 1, 1))
+    for w in [*rec, *rec2]:
+        assert w.filename == __file__, (w.filename, str(w.message))
+
+
+def test_progress_bar_counts_iterations(capsys):
+    """progress=True: a tqdm bar on stderr that ends at n_iter of max_iter."""
+    p = synthetic_rpca((6, 7, 8), (2, 2, 2), kappa=2, alpha=0.1, seed=8)
+    with pytest.warns(RPCAConvergenceWarning, match="max_iter=3"):
+        res = rpca(p.Y, (2, 2, 2), tol=0.0, max_iter=3, progress=True)
+    err = capsys.readouterr().err
+    assert res.n_iter == 3 and "3/3" in err and "6/3" not in err

@@ -102,7 +102,9 @@ def misorientation(q1, q2, symmetry) -> torch.Tensor:
     It is the equivalent of ``M = q2 q1^-1`` (among ``S_i M S_j^-1`` and, with the grain-exchange symmetry,
     their inverses) with the smallest angle, so its angle is :func:`misorientation_angle`; among those of
     equal angle the one with the lexicographically largest axis ``(b, c, d)`` is returned — for ``m-3m``
-    this is the standard triangle ``b >= c >= d >= 0`` (Mackenzie's disorientation).
+    this is the standard triangle ``b >= c >= d >= 0`` (Mackenzie's disorientation). Axis components closer
+    than 1e-5 (float32) or 1e-9 (float64) count as equal in that comparison (rounding); farther apart, the
+    order is kept.
     """
     sym = get_symmetry(symmetry)
     q1, q2 = common(as_quat(q1, "q1"), as_quat(q2, "q2"))
