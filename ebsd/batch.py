@@ -339,7 +339,8 @@ def tiled_rpca(Y, ranks, tile: int | None = None, halo: int = 8, progress: bool 
 
     ``mask``: optional boolean ``(Z, Y, X)`` array, True where the voxel's value is observed; the others (not
     indexed, not measured) are missing, not corrupted (``rpca(..., mask=)``): ``low_rank`` fills them in and
-    ``sparse`` is 0 there. A window with no observed voxel gets ``low_rank`` NaN (nothing to fit).
+    ``sparse`` is 0 there. A window with no observed voxel gets ``low_rank`` NaN (nothing to fit) and makes
+    ``converged`` False; a mask with no observed voxel at all raises :class:`~ebsd.errors.EBSDValueError`.
 
     Returns:
         ``(low_rank, sparse, info)``: numpy float arrays of ``Y``'s shape and dtype, and a dict with
@@ -357,6 +358,9 @@ def tiled_rpca(Y, ranks, tile: int | None = None, halo: int = 8, progress: bool 
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != Y.shape:
             raise EBSDValueError(f"tiled_rpca mask has shape {mask.shape}, the field {Y.shape}")
+        if not mask.any():
+            raise EBSDValueError("tiled_rpca: the mask marks no voxel as observed, so there is nothing to fit; "
+                                 "check the mask (or use observed='all' in batch rpca)")
     low = np.empty_like(Y)
     sparse = np.empty_like(Y)
     empty = 0
@@ -376,6 +380,7 @@ def tiled_rpca(Y, ranks, tile: int | None = None, halo: int = 8, progress: bool 
                     low[:, c0:c1, d0:d1] = np.nan
                     sparse[:, c0:c1, d0:d1] = 0
                     empty += 1
+                    conv = False  # nothing was fitted there: the NaN window is not a converged answer
                     if bar is not None:
                         bar.update(1)
                     continue
@@ -574,7 +579,9 @@ def _process(task, inp, out, done, failed, params, expected_hash, device, rec, t
         elif task == "rpca":
             p = params
             Yf = getattr(vol, p["field"]).numpy()
-            observed = {"valid": vol.valid, "measured": vol.measured, "all": None}[p["observed"]]
+            # "valid": indexed AND measured (slice recovery fills voxels that are valid but not measured, with
+            # estimated values: those are missing here too, as the docstring says)
+            observed = {"valid": vol.valid & vol.measured, "measured": vol.measured, "all": None}[p["observed"]]
             observed = None if observed is None else observed.cpu().numpy().astype(bool)
             low, sparse, info = tiled_rpca(Yf, p["ranks"], tile=p["tile"], halo=p["halo"], sparsity=p["sparsity"],
                                            max_iter=p["max_iter"], tol=p["tol"], step=p["step"], decay=p["decay"],
@@ -586,9 +593,11 @@ def _process(task, inp, out, done, failed, params, expected_hash, device, rec, t
                 "converged": info["converged"], "tile": p["tile"] or 0, "halo": p["halo"],
                 "threshold": p["threshold"], "max_iter": p["max_iter"], "tol": p["tol"], "observed": p["observed"],
                 "n_missing": 0 if observed is None else int(observed.size - observed.sum())})
-            rec["metrics"] = {"n_iter": max(info["n_iter"]), "n_iter_per_tile": info["n_iter"],
+            sp = sparse != 0 if observed is None else (sparse != 0)[observed]
+            rec["metrics"] = {"n_iter": max(info["n_iter"], default=0), "n_iter_per_tile": info["n_iter"],
                               "converged": info["converged"], "tiles": info["tiles"],
-                              "sparse_fraction": float((sparse != 0).mean()), "shape": list(vol.shape),
+                              # over the observed voxels (as `ebsdtk rpca` reports it): missing ones are 0 by design
+                              "sparse_fraction": float(sp.mean()) if sp.size else 0.0, "shape": list(vol.shape),
                               "n_missing": 0 if observed is None else int(observed.size - observed.sum()),
                               "empty_tiles": info["empty_tiles"]}
         elif task == "reconstruct":

@@ -35,6 +35,9 @@ A forward with ``inputs_embeds`` and no ids, or a block called on its own, raise
 
 The fused ``act(gate) * E[ids]`` is :func:`tensorkernels.gather_act_mul` (Triton on CUDA for inference,
 the torch reference, with autograd, for training and on CPU).
+
+Not supported: HF gradient checkpointing (it re-runs the decoder layers during backward, after the forward
+has cleared the ids, so the STEM blocks raise :class:`~llmeff.errors.MissingTokenIdsError`).
 """
 from __future__ import annotations
 
@@ -544,8 +547,14 @@ class TableOffload:
             slot[0] = buf
         return buf, slot
 
+    #: the device mode gathers one ``(layers, d_ff)`` block per token (no de-duplication): above this many bytes
+    #: (a long or batched prefill) a forward takes the host path, which copies each distinct token's rows once
+    DEVICE_GATHER_MAX_BYTES = 1 << 30
+
     def _prepare(self, ctx: _Context, ids: torch.Tensor) -> None:
-        if self.mode == "device" and ids.is_cuda:
+        _, L, F = self.buffer.shape
+        if (self.mode == "device" and ids.is_cuda
+                and ids.numel() * L * F * self.buffer.element_size() <= self.DEVICE_GATHER_MAX_BYTES):
             return self._prepare_device(ctx, ids)
         ids_cpu = ids.detach().to("cpu")                       # one sync: the step's tokens
         flat = ids_cpu.reshape(-1)

@@ -114,8 +114,11 @@ def _config(P: int, I: int, J: int, dtype: torch.dtype, n_sm: int, BI: int | Non
 #: default precision of the two contractions ``R U_N`` and ``U_prev^T R`` of fp32 inputs on a GPU with tensor
 #: cores: ``"tf32x3"`` (fp32-level, 3 tensor-core passes; the kernel's contract), ``"tf32"`` or ``"bf16"`` (one
 #: pass). ``X = H U_N^T`` always keeps ``tf32x3``: an error there moves the fixed point (the iterate would fit a
-#: rounded ``X``), while the contractions' relative error (~7e-4 for tf32) multiplies the residual, which vanishes
-#: at convergence, so the fixed point is the exact pass's. ScaledGD asks for ``"tf32"``
+#: rounded ``X``), while the contractions' relative error (~7e-4 for tf32) multiplies the residual. On exact
+#: low-rank + sparse data that residual vanishes at convergence, so the fixed point is the exact pass's; with
+#: dense noise it does not (only its projections vanish), and the TF32 error can then stop ``rpca`` short of a
+#: small ``tol`` (not measured: set :data:`tensorrpca.scaledgd.STEP_CONTRACT_PRECISION` to ``"tf32x3"`` for
+#: fp32-level contractions). ScaledGD asks for ``"tf32"``
 #: (:data:`tensorrpca.scaledgd.STEP_CONTRACT_PRECISION`; H100, 512^3: pass 0.42 ms instead of 0.76 ms, result
 #: within 1.6e-7 of the tf32x3 one).
 CONTRACT_PRECISION = "tf32x3"

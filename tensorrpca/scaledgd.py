@@ -189,7 +189,9 @@ def _residual_tensor_zeta(D: torch.Tensor, zeta: torch.Tensor, mode: str) -> tor
 
 #: precision of the fused pass's two contractions of the residual in a step (fp32 on a GPU with tensor cores; see
 #: ``tensorkernels._triton_rpca.CONTRACT_PRECISION``): one TF32 pass. Their error scales with the residual, which
-#: vanishes at convergence (H100, 512^3: 0.42 ms per pass instead of 0.76 ms, result within 1.6e-7 of tf32x3).
+#: vanishes at convergence on exact low-rank + sparse data (H100, 512^3: 0.42 ms per pass instead of 0.76 ms,
+#: result within 1.6e-7 of tf32x3); with dense noise it does not, and a small ``tol`` may then need ``"tf32x3"``
+#: here (set this module attribute; not measured on noisy data).
 STEP_CONTRACT_PRECISION = "tf32"
 
 

@@ -385,7 +385,9 @@ class UnfoldedRPCA(nn.Module):
         return torch.where(D.abs() <= zeta, D, torch.zeros_like(D))
 
     def _unroll_masked(self, Y, mask, z0, z1, rho, eta, temperature):
-        m = mask.to(device=Y.device, dtype=torch.bool)
+        from .scaledgd import _as_mask
+
+        m = _as_mask(mask, tuple(Y.shape), Y.device)  # numpy or torch, boolean only (as rpca and forward check)
         p = float(m.sum()) / m.numel()
         if p == 0:
             raise RPCAInputError("mask marks no entry as observed; nothing to fit")

@@ -252,3 +252,21 @@ def test_set_metrics_by_hand():
     assert res["distinct_correct"] == 2.0
     none = tasks.set_metrics([m], [["1", "2"]])
     assert none["pass_at_n"] == 0.0 and np.isnan(none["consistency"])
+
+
+def test_load_of_a_mismatched_file_raises_and_leaves_the_model_untouched(tmp_path):
+    m = _model()
+    br = bridge.add_blocks(m, rank=8, heads=2)
+    _randomise(br)
+    bridge.save(br, tmp_path / "b")
+    br.remove()
+    grads = [p.requires_grad for p in m.parameters()]
+    import json
+    info = json.loads((tmp_path / "b" / "bridge.json").read_text())
+    info["rank"] = 4                              # the tensors are rank 8: shapes no longer fit
+    (tmp_path / "b" / "bridge.json").write_text(json.dumps(info))
+    with pytest.raises(LLMEffValueError, match="shape"):
+        bridge.load(m, tmp_path / "b")
+    assert [p.requires_grad for p in m.parameters()] == grads
+    br2 = bridge.add_blocks(m, rank=8, heads=2)   # no stale blocks left behind
+    br2.remove()

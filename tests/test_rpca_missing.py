@@ -291,3 +291,15 @@ def test_cuda_graph_pipelined_equals_eager_with_and_without_mask():
         assert a.n_iter == b.n_iter and a.low_rank.is_cuda
         assert rel_err(a.low_rank.cpu(), b.low_rank.cpu()) < 1e-5
         assert rel_err(a.low_rank.cpu(), p.low_rank.cpu()) < 1e-4
+
+
+def test_unfolded_unroll_validates_its_mask_like_forward():
+    p = synthetic_rpca((10, 11, 12), (2, 2, 2), kappa=2, alpha=0.1, seed=9)
+    net = UnfoldedRPCA((2, 2, 2), n_layers=3, params={"rho": 0.85, "eta": 0.6, "zeta0": 3.0, "zeta1": 1.0})
+    obs = _missing(p.Y.shape, 0.3, seed=4)
+    with torch.no_grad():
+        a = net.unroll(p.Y, temperature=None, mask=obs.numpy())[-1]   # numpy boolean accepted
+        b = net.unroll(p.Y, temperature=None, mask=obs)[-1]
+    assert torch.equal(a, b)
+    with pytest.raises(RPCAInputError):
+        net.unroll(p.Y, temperature=None, mask=obs.double() * 0.3)    # a float mask is not a mask

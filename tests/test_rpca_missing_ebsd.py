@@ -106,3 +106,55 @@ def test_batch_rpca_leaves_not_indexed_voxels_out(tmp_path):
     assert _err(recs["valid"][0], p.low_rank.numpy()) < 1e-4     # the holes are filled in from the rest
     with pytest.raises(EBSDValueError, match="observed"):
         batch.run("rpca", inp, tmp_path / "x", progress=False, observed="indexed")
+
+
+def test_tiled_rpca_reports_empty_windows_as_not_converged_and_refuses_an_empty_mask():
+    p, observed = _problem(shape=(8, 32, 32), miss=0.1, seed=5)
+    observed[:, 16:, 16:] = False
+    _, _, info = batch.tiled_rpca(p.Y.numpy(), (2, 2, 2), tile=16, halo=0, mask=observed)
+    assert info["converged"] is False  # a NaN window was never fitted
+    _, _, info_full = batch.tiled_rpca(p.Y.numpy(), (2, 2, 2), tile=16, halo=0, mask=np.ones_like(observed))
+    assert info_full["empty_tiles"] == 0
+    with pytest.raises(EBSDValueError, match="no voxel"):
+        batch.tiled_rpca(p.Y.numpy(), (2, 2, 2), tile=16, halo=0, mask=np.zeros_like(observed))
+
+
+def test_batch_rpca_valid_leaves_recovered_not_measured_voxels_out(tmp_path):
+    """Voxels filled by slice recovery are valid but not measured: their values are estimates, so the default
+    observed='valid' treats them as missing (a planted wrong value there must not reach the fit)."""
+    from ebsd.io import save_volume
+    from ebsd.synthetic import synthetic_volume
+
+    p, observed = _problem(shape=(8, 24, 24), miss=0.15, seed=6)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    v = synthetic_volume((8, 24, 24), mean_grain_size=10, seed=1)
+    Y = p.Y.clone()
+    est = torch.from_numpy(~observed)
+    Y[est] = 50.0                                  # "recovered" voxels carrying made-up values
+    v.image_quality = Y
+    v.valid = torch.ones(8, 24, 24, dtype=torch.bool)
+    v.measured = ~est
+    save_volume(v, inp / "rec.dream3d")
+    (r,) = batch.run("rpca", inp, tmp_path / "out", workers=1, processes=False, progress=False, ranks=(2, 2, 2))
+    assert r["status"] == "ok" and r["metrics"]["n_missing"] == int(est.sum())
+    with h5py.File(tmp_path / "out" / "rec.rpca.h5") as f:
+        low = f["low_rank"][()]
+    assert _err(low, p.low_rank.numpy()) < 1e-4  # the estimated voxels are filled in from the measured ones
+
+
+def test_cli_rpca_nan_in_a_float_mask_is_missing(tmp_path):
+    p, observed = _problem(shape=(10, 20, 22), miss=0.2, seed=8)
+    Y = p.Y.numpy().copy()
+    M = np.ones_like(Y)
+    M[~observed] = np.nan
+    Y[~observed] = 1e3                               # garbage where the mask says "unknown"
+    path, out = tmp_path / "v.h5", tmp_path / "o.h5"
+    with h5py.File(path, "w") as f:
+        f["vol"] = Y
+        f["m"] = M
+    rc = main(["rpca", str(path), "--dataset", "vol", "--mask", "m", "--ranks", "2,2,2", "--out", str(out)])
+    assert rc == 0
+    with h5py.File(out) as f:
+        assert np.array_equal(f["observed"][()].astype(bool), observed)
+        assert _err(f["low_rank"][()], p.low_rank.numpy()) < 1e-4

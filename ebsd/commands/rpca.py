@@ -98,7 +98,8 @@ def run(args) -> int:
         if np.shape(M) != Y.shape or np.asarray(M).dtype.kind not in "biuf":
             raise EBSDValueError(f"{src}:{args.mask} must be a numeric or boolean array of shape {Y.shape} "
                                  f"(nonzero = observed), got shape {np.shape(M)}")
-        observed = np.asarray(M) != 0
+        M = np.asarray(M)
+        observed = (M != 0) & ~np.isnan(M) if M.dtype.kind == "f" else M != 0  # a NaN in a float mask is not "observed"
     nan = np.isnan(Y)
     if nan.any():
         observed = ~nan if observed is None else observed & ~nan

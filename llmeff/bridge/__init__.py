@@ -452,8 +452,17 @@ def load(model: nn.Module, path, freeze_base: bool = True) -> Bridge:
     if layers != [i for i in range(len(find_layers(model)[1])) if (i + 1) % every == 0]:
         raise LLMEffValueError(f"saved Bridge has blocks after layers {layers}, which does not fit this model")
     br = add_blocks(model, rank=info["rank"], heads=info["heads"], every=every, freeze_base=freeze_base)
-    with torch.no_grad():
-        for k, b in br.blocks.items():
-            for name, p in b.named_parameters():
-                p.copy_(t[f"blocks.{k}.{name}"])
+    try:
+        with torch.no_grad():
+            for k, b in br.blocks.items():
+                for name, p in b.named_parameters():
+                    key = f"blocks.{k}.{name}"
+                    if key not in t or t[key].shape != p.shape:
+                        raise LLMEffValueError(f"{tf} has no tensor {key} of shape {tuple(p.shape)} "
+                                               f"(got {tuple(t[key].shape) if key in t else 'none'}): not a file "
+                                               "written by bridge.save for this configuration")
+                    p.copy_(t[key])
+    except Exception:
+        br.remove()  # leave the model as it was: no hooks, base weights' requires_grad restored
+        raise
     return br
