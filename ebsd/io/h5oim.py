@@ -80,22 +80,8 @@ def scalar(path, g: h5py.Group, names, kind: str = "f", required: bool = True):
 
 
 def read_phases(path, hdr: h5py.Group, group_names, lattice_style: str) -> dict[int, Phase]:
-    pg = None
-    for n in group_names:
-        if isinstance(hdr.get(n), h5py.Group):
-            pg = hdr[n]
-            break
-    if pg is None:
-        raise fmt_error(path, f"{hdr.name} has no Phase group; the crystal symmetry is unknown")
     info: dict[int, Phase] = {}
-    for key in sorted(pg.keys(), key=natural_key):
-        g = pg[key]
-        if not isinstance(g, h5py.Group):
-            continue
-        try:
-            pid = int(key)
-        except ValueError:
-            raise fmt_error(path, f"{g.name}: phase group name {key!r} is not an integer id") from None
+    for pid, g in phase_groups(path, hdr, group_names):
         sym_raw = scalar(path, g, ("Symmetry",), "s")
         sym = laue_from_tsl(sym_raw.split()[0] if sym_raw.split() else "")
         if sym is None:
@@ -116,7 +102,7 @@ def read_phases(path, hdr: h5py.Group, group_names, lattice_style: str) -> dict[
                 lat = (1.0, 1.0, 1.0, 90.0, 90.0, 90.0)
         info[pid] = Phase(name=name, symmetry=sym, lattice=lat)
     if not info:
-        raise fmt_error(path, f"{pg.name} defines no phase")
+        raise fmt_error(path, f"{hdr.name}: its phase group defines no phase")
     return info
 
 
@@ -234,13 +220,13 @@ def select_scans(path, scans: list[str], scan, what: str = "scan") -> list[str]:
     raise EBSDValueError(f"{path}: no {what} {scan!r}; the file has {scans}")
 
 
-def phase_groups(path, hdr: h5py.Group):
-    """``(phase id, group)`` of each integer-named subgroup of ``hdr/Phases`` in natural order
-    (:func:`fmt_error` when the Phases group is missing or a name is not an integer). Shared by the HDF5
+def phase_groups(path, hdr: h5py.Group, names=("Phases",)):
+    """``(phase id, group)`` of each integer-named subgroup of the first of ``hdr/<names>`` that exists, in
+    natural order (:func:`fmt_error` when none exists or a name is not an integer). Shared by the HDF5
     readers that store one group per phase."""
-    pg = hdr.get("Phases")
-    if not isinstance(pg, h5py.Group):
-        raise fmt_error(path, f"{hdr.name} has no Phases group; the crystal symmetry is unknown")
+    pg = next((hdr[n] for n in names if isinstance(hdr.get(n), h5py.Group)), None)
+    if pg is None:
+        raise fmt_error(path, f"{hdr.name} has no Phase group (looked for {', '.join(names)}); the crystal symmetry is unknown")
     for key in sorted(pg.keys(), key=natural_key):
         g = pg[key]
         if not isinstance(g, h5py.Group):
