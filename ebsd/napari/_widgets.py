@@ -354,6 +354,21 @@ class _WorkerFailed(Exception):
         return cls(f"{type(exc).__name__}: {exc}")
 
 
+def _run_form(widget: QWidget, run_label: str, rows) -> tuple[QPushButton, QLabel]:
+    """Lay ``widget`` out as a form of labelled ``rows`` (``(label, field)``), a run button wired to
+    ``widget.run`` and a word-wrapped status line; returns ``(run button, status label)``."""
+    run_btn = QPushButton(run_label)
+    status = QLabel("")
+    status.setWordWrap(True)
+    form = QFormLayout(widget)
+    for label, field in rows:
+        form.addRow(label, field)
+    form.addRow(run_btn)
+    form.addRow(status)
+    run_btn.clicked.connect(widget.run)
+    return run_btn, status
+
+
 class RPCAWidget(QWidget):
     """Run tensor robust PCA on an image layer; add the low-rank and sparse parts as layers."""
 
@@ -364,16 +379,8 @@ class RPCAWidget(QWidget):
         self.picker = _LayerPicker(napari_viewer, lambda lay: lay.__class__.__name__ == "Image")
         self.ranks = QLineEdit("8,8,8")
         self.max_iter = QLineEdit("100")
-        self.run_btn = QPushButton("Run RPCA")
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        form = QFormLayout(self)
-        form.addRow("Layer", self.picker)
-        form.addRow("Tucker ranks", self.ranks)
-        form.addRow("Max iterations", self.max_iter)
-        form.addRow(self.run_btn)
-        form.addRow(self.status)
-        self.run_btn.clicked.connect(self.run)
+        self.run_btn, self.status = _run_form(self, "Run RPCA", [
+            ("Layer", self.picker), ("Tucker ranks", self.ranks), ("Max iterations", self.max_iter)])
 
     def run(self):
         from napari.qt.threading import thread_worker
@@ -591,19 +598,10 @@ class CleanWidget(QWidget):
         self.level = QLineEdit("2")
         self.min_defect = QLineEdit("1000")
         self.min_grain = QLineEdit("10")
-        self.run_btn = QPushButton("Clean")
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        form = QFormLayout(self)
-        form.addRow("Layer", self.picker)
-        form.addRow("Min CI", self.ci_min)
-        form.addRow("Tolerance (deg)", self.tolerance)
-        form.addRow("NOC level (0: off)", self.level)
-        form.addRow("Fill defects under (voxels, 0: off)", self.min_defect)
-        form.addRow("Min grain (voxels, 0: off)", self.min_grain)
-        form.addRow(self.run_btn)
-        form.addRow(self.status)
-        self.run_btn.clicked.connect(self.run)
+        self.run_btn, self.status = _run_form(self, "Clean", [
+            ("Layer", self.picker), ("Min CI", self.ci_min), ("Tolerance (deg)", self.tolerance),
+            ("NOC level (0: off)", self.level), ("Fill defects under (voxels, 0: off)", self.min_defect),
+            ("Min grain (voxels, 0: off)", self.min_grain)])
 
     def steps(self) -> list:
         ci, tol = float(self.ci_min.text()), float(self.tolerance.text())
