@@ -379,15 +379,20 @@ def test_flocking_statistic_against_independent_computation(family, density):
     assert st["overlap"] == pytest.approx(np.mean(ov), abs=1e-6) and st["chance"] == density
 
 
-@pytest.mark.parametrize("family", ["opt", "gpt2"])
-def test_decode_with_nonzero_biases_equals_masked_full_ff(family):
-    """Plain FFs with non-zero in/out biases (random init leaves them at 0): the per-sequence decode still equals the
-    dense FF with the other neurons zeroed, and a tiny density keeps at least one neuron."""
-    model = tiny_lm(family)
+def _with_random_biases(model):
+    """``model`` with every bias vector drawn from N(0, 0.3^2) (random init leaves them at 0)."""
     with torch.no_grad():
         for n, p_ in model.named_parameters():
             if p_.ndim == 1 and "bias" in n:
                 p_.normal_(0, 0.3)
+    return model
+
+
+@pytest.mark.parametrize("family", ["opt", "gpt2"])
+def test_decode_with_nonzero_biases_equals_masked_full_ff(family):
+    """Plain FFs with non-zero in/out biases (random init leaves them at 0): the per-sequence decode still equals the
+    dense FF with the other neurons zeroed, and a tiny density keeps at least one neuron."""
+    model = _with_random_biases(tiny_lm(family))
     ids, am = _batch(3, B=2)
     cont = torch.randint(3, VOCAB, (2, 2), generator=torch.Generator().manual_seed(7))
     with griffin.apply(model, density=0.4, batch_experts="per_sequence", backend="torch") as g:
@@ -470,11 +475,7 @@ def test_documented_defaults_density_half_and_seed_zero():
 def test_shared_path_decode_with_nonzero_biases_equals_masked_full_ff(family):
     """B = 1 takes the shared path (sliced weights and biases copied once): with non-zero in/out biases on a
     plain FF the decode step equals the dense model with the FF activations outside the experts zeroed."""
-    model = tiny_lm(family)
-    with torch.no_grad():
-        for n, p_ in model.named_parameters():
-            if p_.ndim == 1 and "bias" in n:
-                p_.normal_(0, 0.3)
+    model = _with_random_biases(tiny_lm(family))
     ids, am = _batch(3, B=1)
     cont = torch.randint(3, VOCAB, (1, 2), generator=torch.Generator().manual_seed(7))
     with griffin.apply(model, density=0.4, backend="torch") as g:
