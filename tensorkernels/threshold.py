@@ -6,7 +6,9 @@
   ``T(d) = d * 1{|d| > zeta}`` and soft thresholding ``T(d) = sign(d) * max(|d| - zeta, 0)``;
 * ``out="residual"``: ``R = X + S - Y = S - D``. For hard thresholding this is
   ``-D * 1{|D| <= zeta}``, for soft ``-clamp(D, -zeta, zeta)``. ScaledGD tensor RPCA only needs ``R``,
-  so ``S`` never has to be stored during the iterations.
+  so ``S`` never has to be stored during the iterations;
+* ``out="kept"``: ``D - S = -R``, what the threshold lets through (``D * 1{|D| <= zeta}`` for hard
+  thresholding, ``clamp(D, -zeta, zeta)`` for soft): the clipped tensor of RPCA's spectral initialisation.
 
 One read of ``Y`` and ``X`` and one write of the output: the Triton kernel does the subtraction,
 the comparison and the select in registers.
@@ -18,7 +20,7 @@ import torch
 from ._dispatch import resolve_backend
 
 _MODES = ("hard", "soft")
-_OUTS = ("sparse", "residual")
+_OUTS = ("sparse", "residual", "kept")
 
 
 def _check(mode: str, out: str) -> None:
@@ -33,9 +35,13 @@ def _torch_threshold_residual(Y, X, zeta, mode, out):
     if mode == "hard":
         if out == "sparse":
             return torch.where(D.abs() > zeta, D, torch.zeros_like(D))
+        if out == "kept":
+            return torch.where(D.abs() <= zeta, D, torch.zeros_like(D))
         return torch.where(D.abs() <= zeta, -D, torch.zeros_like(D))
     if out == "sparse":
         return torch.sign(D) * torch.clamp(D.abs() - zeta, min=0)
+    if out == "kept":
+        return torch.clamp(D, -zeta, zeta)
     return -torch.clamp(D, -zeta, zeta)
 
 
@@ -53,7 +59,8 @@ def threshold_residual(
         Y, X: tensors of the same shape, dtype and device (any shape). ``X=None`` means zero.
         zeta: the threshold (same units as ``Y``), ``>= 0``.
         mode: ``"hard"`` or ``"soft"``.
-        out: ``"sparse"`` for ``T_zeta(Y - X)``, ``"residual"`` for ``T_zeta(Y - X) - (Y - X)``.
+        out: ``"sparse"`` for ``T_zeta(Y - X)``, ``"residual"`` for ``T_zeta(Y - X) - (Y - X)``, ``"kept"`` for
+            ``(Y - X) - T_zeta(Y - X)``.
         backend: see :mod:`tensorkernels`.
 
     Returns:

@@ -27,11 +27,11 @@ def _np_threshold(Y, X, zeta, mode, out):
         S = np.where(np.abs(D) > zeta, D, 0.0)
     else:
         S = np.sign(D) * np.maximum(np.abs(D) - zeta, 0.0)
-    return S if out == "sparse" else S - D
+    return {"sparse": S, "residual": S - D, "kept": D - S}[out]
 
 
 @pytest.mark.parametrize("mode", ["hard", "soft"])
-@pytest.mark.parametrize("out", ["sparse", "residual"])
+@pytest.mark.parametrize("out", ["sparse", "residual", "kept"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_threshold_reference_matches_numpy(mode, out, dtype):
     g = torch.Generator().manual_seed(0)
@@ -45,6 +45,8 @@ def test_threshold_reference_matches_numpy(mode, out, dtype):
     S = threshold_residual(Y, X, 0.7, mode=mode, out="sparse", backend="torch")
     R = threshold_residual(Y, X, 0.7, mode=mode, out="residual", backend="torch")
     torch.testing.assert_close(R, S - D)
+    K = threshold_residual(Y, X, 0.7, mode=mode, out="kept", backend="torch")
+    torch.testing.assert_close(K, D - S)
 
 
 def test_threshold_single_argument_and_bad_input():
@@ -63,7 +65,7 @@ def test_threshold_single_argument_and_bad_input():
 
 @needs_triton
 @pytest.mark.parametrize("mode", ["hard", "soft"])
-@pytest.mark.parametrize("out", ["sparse", "residual"])
+@pytest.mark.parametrize("out", ["sparse", "residual", "kept"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(5, 7, 3), (1001,), (3, 17, 13)])
 def test_threshold_triton_matches_reference(mode, out, dtype, shape):
