@@ -128,7 +128,7 @@ def triton_residual_contract(Y, H, UN, Uprev, zeta, mode: str, precision: str | 
                              config: tuple | None = None, missing: bool = False,
                              contract_precision: str | None = None):
     """``zeta``: float, or a 1-element device tensor read by the kernel (so a CUDA graph can replay the pass
-    with a new threshold). ``config``: ``(BI, BJ, num_warps)`` override (tuning). ``missing``: NaN entries of
+    with a new threshold). ``config``: ``(BI, BJ, num_warps[, num_stages])`` override (tuning). ``missing``: NaN entries of
     ``Y`` get a zero residual. ``contract_precision``: see :data:`CONTRACT_PRECISION` (fp32 on GPU only)."""
     Y = Y.contiguous()
     H = H.contiguous()
@@ -137,7 +137,8 @@ def triton_residual_contract(Y, H, UN, Uprev, zeta, mode: str, precision: str | 
     P, I, J = Y.shape
     RN, RP = UN.shape[1], Uprev.shape[1]
     n_sm = torch.cuda.get_device_properties(Y.device).multi_processor_count if Y.is_cuda else 8
-    bi, bj, num_warps = config if config is not None else (None, None, 4)
+    bi, bj, num_warps, *stages = config if config is not None else (None, None, 4)
+    extra = {"num_stages": stages[0]} if stages else {}
     BI, BJ, nJ, chunk, n_chunks = _config(P, I, J, Y.dtype, n_sm, bi, bj)
     if precision is None:
         # fp32: three-pass TF32 on tensor cores (fp32-level accuracy) on GPUs; exact fp32 in the interpreter
@@ -161,7 +162,7 @@ def triton_residual_contract(Y, H, UN, Uprev, zeta, mode: str, precision: str | 
         Y, H, UN, Uprev, pn, q, P, I, J, RN, RP, chunk, zt,
         BI=BI, BJ=BJ, RNP=max(16, triton.next_power_of_2(RN)), RPP=max(16, triton.next_power_of_2(RP)),
         SOFT=(mode == "soft"), PRECISION=precision, CPREC=cprec, MISSING=bool(missing),
-        EMULATE_BF16=not Y.is_cuda, num_warps=num_warps,
+        EMULATE_BF16=not Y.is_cuda, num_warps=num_warps, **extra,
     )
     pn = pn[0] if nJ == 1 else pn.sum(0)
     q = q[0] if n_chunks == 1 else q.sum(0)

@@ -164,8 +164,9 @@ def test_contraction_precisions_of_the_fused_pass(cprec, tol):
 @triton_runs
 def test_masked_step_matches_between_backends():
     pytest.importorskip("triton")
-    p = synthetic_rpca((7, 9, 11), (2, 3, 2), alpha=0.2, seed=10)
-    obs = _missing(p.Y.shape, 0.3)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # the Triton backend runs on CUDA tensors there
+    p = synthetic_rpca((7, 9, 11), (2, 3, 2), alpha=0.2, seed=10, device=dev)
+    obs = _missing(p.Y.shape, 0.3).to(dev)
     Y = p.Y.masked_fill(~obs, float("nan"))
     factors, core = spectral_init(Y.nan_to_num(0.0), (2, 3, 2), 30.0, scale=1 / 0.7)
     frac = float(obs.double().mean())
@@ -291,6 +292,33 @@ def test_cuda_graph_pipelined_equals_eager_with_and_without_mask():
         assert a.n_iter == b.n_iter and a.low_rank.is_cuda
         assert rel_err(a.low_rank.cpu(), b.low_rank.cpu()) < 1e-5
         assert rel_err(a.low_rank.cpu(), p.low_rank.cpu()) < 1e-4
+
+
+@pytest.mark.gpu
+def test_cuda_graph_cache_reuse_gives_the_fresh_answer_and_leaves_earlier_results_alone():
+    """A second call on the same CUDA tensor replays the cached graph: the same answer as a fresh capture, the
+    first call's factors are not overwritten, and new content in the same storage is what gets fitted."""
+    import tensorrpca.scaledgd as sg
+
+    sg.clear_graph_cache()
+    p = synthetic_rpca((40, 40, 40), (3, 3, 3), alpha=0.1, seed=6, dtype=torch.float32, device="cuda")
+    q = synthetic_rpca((40, 40, 40), (3, 3, 3), alpha=0.1, seed=7, dtype=torch.float32, device="cuda")
+    a = rpca(p.Y, (3, 3, 3))
+    assert len(sg._GRAPH_CACHE) == 1
+    kept = [U.clone() for U in a.factors], a.core.clone(), a.low_rank.clone()
+    b = rpca(p.Y, (3, 3, 3))  # replays the cached graph
+    assert len(sg._GRAPH_CACHE) == 1
+    assert b.n_iter == a.n_iter and torch.equal(b.low_rank, a.low_rank)
+    assert all(torch.equal(U, V) for U, V in zip(a.factors, kept[0]))
+    assert torch.equal(a.core, kept[1]) and torch.equal(a.low_rank, kept[2])
+    p.Y.copy_(q.Y)  # other data in the same storage
+    c = rpca(p.Y, (3, 3, 3))
+    sg.clear_graph_cache()
+    d = rpca(p.Y, (3, 3, 3))
+    assert c.n_iter == d.n_iter and torch.equal(c.low_rank, d.low_rank)
+    assert rel_err(c.low_rank.cpu(), q.low_rank.cpu()) < 1e-4
+    sg.clear_graph_cache()
+    assert not sg._GRAPH_CACHE
 
 
 def test_unfolded_unroll_validates_its_mask_like_forward():

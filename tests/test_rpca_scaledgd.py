@@ -155,7 +155,8 @@ def test_step_matches_between_backends():
 
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
         pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1")
-    p = synthetic_rpca((7, 9, 11), (2, 3, 2), alpha=0.2, seed=10)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # the Triton backend runs on CUDA tensors there
+    p = synthetic_rpca((7, 9, 11), (2, 3, 2), alpha=0.2, seed=10, device=dev)
     factors, core = spectral_init(p.Y, (2, 3, 2), 30.0)
     ft, ct = scaledgd_step(p.Y, factors, core, 0.7, 0.5, backend="torch")
     fk, ck = scaledgd_step(p.Y, factors, core, 0.7, 0.5, backend="triton")
@@ -424,3 +425,31 @@ def test_progress_bar_counts_iterations(capsys):
         res = rpca(p.Y, (2, 2, 2), tol=0.0, max_iter=3, progress=True)
     err = capsys.readouterr().err
     assert res.n_iter == 3 and "3/3" in err and "6/3" not in err
+
+
+@pytest.mark.parametrize("shape,ranks", [((14, 14, 14), (3, 3, 3)), ((9, 9, 9, 9), (2, 2, 2, 2)), ((25, 25), (4, 4))])
+@pytest.mark.parametrize("kron", [True, False])
+def test_batched_rspace_step_equals_the_per_mode_step(monkeypatch, shape, ranks, kron):
+    """Factors of one shape take the batched r-space path (one batched inverse, Kronecker grams); it must give the
+    per-mode step (LU solves, mode products) and its relative change, with and without missing entries."""
+    import tensorrpca.scaledgd as sg
+
+    p = synthetic_rpca(shape, ranks, kappa=3, alpha=0.1, seed=3, dtype=torch.float64)
+    f, c = spectral_init(p.Y, ranks, 5.0)
+    f = [U + 0.01 * torch.randn(U.shape, generator=torch.Generator().manual_seed(i), dtype=U.dtype)
+         for i, U in enumerate(f)]
+    obs = torch.rand(shape, generator=torch.Generator().manual_seed(5)) > 0.3
+    Ym = p.Y.masked_fill(~obs, float("nan"))
+    if not kron:
+        monkeypatch.setattr(sg, "KRON_MAX_ENTRIES", 0)
+    for Y, frac in ((p.Y, None), (Ym, float(obs.double().mean()))):
+        fa, ca = sg.scaledgd_step(Y, f, c, 1.0, 0.5, observed_fraction=frac)
+        with monkeypatch.context() as m:
+            m.setattr(sg, "_stackable", lambda fs: False)
+            fb, cb = sg.scaledgd_step(Y, f, c, 1.0, 0.5, observed_fraction=frac)
+            rb = float(sg.relative_change((f, c), (fb, cb)))
+        torch.testing.assert_close(ca, cb, rtol=1e-10, atol=1e-12)
+        for a, b in zip(fa, fb):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        assert abs(float(sg.relative_change((f, c), (fb, cb))) - rb) < 1e-12 * max(rb, 1.0)
+        assert rb > 1e-4  # the step moved: the comparison is not between two no-ops
