@@ -12,6 +12,7 @@ _LAZY = {
     "rpca": "tensorrpca.scaledgd",
     "RPCAResult": "tensorrpca.scaledgd",
     "RPCAParams": "tensorrpca.scaledgd",
+    "clear_graph_cache": "tensorrpca.scaledgd",
     "UnfoldedRPCA": "tensorrpca.unfolded",
     "load_params": "tensorrpca.unfolded",
     "random_search": "tensorrpca.unfolded",

@@ -478,8 +478,9 @@ def _copy_all(dst: list, src: list) -> None:
 #: how many captured iteration graphs :func:`rpca` keeps for reuse (0: none). A graph is reused when a later call
 #: has the same working tensor (same storage address, shape and dtype: passing the same CUDA tensor again), the
 #: same factor/core shapes, threshold mode, backend, step size and observed fraction. It then skips the capture
-#: (H100, 512^3: ~9 ms). The cache holds the graph's workspaces (a few tensors of the size of ``Y x_N U_N^T``,
-#: ~40 MB at 512^3, rank 10), never ``Y`` itself; :func:`clear_graph_cache` frees them.
+#: (H100, 512^3: 10-14 ms). The cache holds the graph's workspaces (a few tensors of the size of ``Y x_N U_N^T``
+#: and the fused pass's partial sums, ~75 MB at 512^3, rank 10), never ``Y`` itself; :func:`clear_graph_cache`
+#: frees them.
 GRAPH_CACHE_SIZE = 1
 _GRAPH_CACHE: "dict[tuple, _GraphStep]" = {}
 
