@@ -183,13 +183,13 @@ def hosvd(T: torch.Tensor, ranks: Sequence[int], randomized: bool | None = None)
     return factors, cur.contiguous()  # type: ignore[return-value]
 
 
-def default_zeta0(Y: torch.Tensor, ranks: Sequence[int], scale: float = 1.0) -> float:
+def default_zeta0(Y: torch.Tensor, ranks: Sequence[int], scale: float = 1.0, zmax: float | None = None) -> float:
     """Estimate of a threshold just above ``max|X*|`` (see the module docstring).
 
     ``scale``: the fit is made to ``scale * T_z(Y)`` (``1/p`` for a tensor with missing entries set to 0,
     ``p`` the observed fraction: the rescaled observed tensor of tensor completion), while the clip level ``z``
-    applies to the entries of ``Y`` themselves."""
-    z = float(torch.linalg.vector_norm(Y, ord=float("inf")))
+    applies to the entries of ``Y`` themselves. ``zmax``: ``max|Y|`` when the caller has it (saves a pass)."""
+    z = float(torch.linalg.vector_norm(Y, ord=float("inf"))) if zmax is None else float(zmax)
     if z <= 0:
         return 0.0
     # 1) clip level: walk down from max|Y| to the fixed point z = c max|HOSVD_r(Y 1{|Y| <= z})|. From above,

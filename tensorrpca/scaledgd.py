@@ -730,8 +730,15 @@ def rpca(
 
     scale = 1.0 if frac_obs is None else 1.0 / frac_obs
     Yinit = Yt if obs is None else Yt.nan_to_num(0.0)  # the observed tensor (missing = 0), rescaled below
+    amax = float(torch.linalg.vector_norm(Yinit, ord=float("inf")))
+    shift = _range_shift(amax, work_dtype)
+    if shift:  # extreme magnitudes: work on 2^shift * Y (exact), answer scaled back below
+        f2 = 2.0 ** shift
+        Yt, Yinit, amax = Yt * f2, Yinit * f2, amax * f2
+        p.zeta0 = None if p.zeta0 is None else p.zeta0 * f2
+        p.zeta1 = None if p.zeta1 is None else p.zeta1 * f2
     if p.zeta0 is None:
-        p.zeta0 = p.zeta0_scale * _init.default_zeta0(Yinit, ranks, scale=scale)
+        p.zeta0 = p.zeta0_scale * _init.default_zeta0(Yinit, ranks, scale=scale, zmax=amax)
     timer.mark("zeta0")
     factors, core = spectral_init(Yinit, ranks, p.zeta0, mode=threshold, scale=scale)
     del Yinit
@@ -817,6 +824,12 @@ def rpca(
     S = threshold_residual(Yt, X, zeta_final, mode=threshold, out="sparse", backend=backend)
     if obs is not None:
         S.masked_fill_(~obs, 0)
+    if shift:  # back to the units of Y
+        f2 = 2.0 ** -shift
+        X, S, core = X * f2, S * f2, core * f2
+        p.zeta0, p.zeta1, zeta_final = p.zeta0 * f2, p.zeta1 * f2, zeta_final * f2
+        for h in history:
+            h["zeta"] *= f2
     checks = _check_answer(S, zeta_final, history, ranks, n_entries=None if obs is None else int(obs.sum()))
     if checks.get("likely_wrong"):
         converged = False
@@ -832,6 +845,17 @@ def rpca(
     timer.mark("final")
     result.timings = timer.times
     return result
+
+
+def _range_shift(amax: float, dtype: torch.dtype) -> int:
+    """``k`` such that ``2^k Y`` is safe to fit (0 for ordinary magnitudes). The initialisation forms Gram-like
+    products of the entries (``max|Y|^2`` times an unfolding's length), which overflow float32 from about
+    ``max|Y| = 1e17`` and underflow to 0 below about ``1e-19``; outside ``[2^(minexp/4), 2^(maxexp/4)]`` (float32:
+    ``2.3e-10 .. 4.3e9``) ``Y`` is scaled by a power of two into ``[0.5, 1)``, which is exact, and the answer back."""
+    fi = np.finfo(np.float32 if dtype == torch.float32 else np.float64)
+    if amax == 0 or 2.0 ** (fi.minexp // 4) <= amax <= 2.0 ** (fi.maxexp // 4):
+        return 0
+    return -math.frexp(amax)[1]
 
 
 #: Largest share of entries the sparse part may hold before the answer is called likely wrong. Robust PCA's model

@@ -1,6 +1,7 @@
 """ScaledGD tensor RPCA: recovery, kappa-independence, orders, kinds, input checks, differentiability."""
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -453,3 +454,21 @@ def test_batched_rspace_step_equals_the_per_mode_step(monkeypatch, shape, ranks,
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
         assert abs(float(sg.relative_change((f, c), (fb, cb))) - rb) < 1e-12 * max(rb, 1.0)
         assert rb > 1e-4  # the step moved: the comparison is not between two no-ops
+
+
+@pytest.mark.parametrize("s", [2.0 ** -100, 1e-30, 1e-20, 1e19, 1e25, 2.0 ** 90])
+def test_extreme_magnitudes_are_fitted_like_ordinary_ones(s):
+    """Data far from unit scale (float32 1e-30 .. 1e25) is fitted like the same data at unit scale: the squared
+    entries the initialisation forms would overflow or underflow (a raw LinAlgError from eigh at 1e19, NaN at
+    1e-30 before), so rpca works on a power-of-two rescaled copy and scales the answer back."""
+    p = synthetic_rpca((20, 21, 22), (2, 2, 2), alpha=0.1, seed=1, dtype=torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = rpca(p.Y, (2, 2, 2))
+        got = rpca(p.Y * s, (2, 2, 2))
+    assert got.converged and ref.converged
+    assert rel_err(got.low_rank / s, p.low_rank) < 1e-4 and rel_err(got.sparse / s, p.sparse) < 1e-4
+    assert got.params.zeta1 / s == pytest.approx(ref.params.zeta1, rel=1e-4)  # thresholds in Y's units
+    assert got.history[0]["zeta"] / s == pytest.approx(ref.history[0]["zeta"], rel=1e-4)
+    if math.frexp(s)[0] == 0.5:  # a power of two: the rescaling is exact, so is the answer
+        torch.testing.assert_close(got.low_rank / s, ref.low_rank, rtol=1e-6, atol=0)
