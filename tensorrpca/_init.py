@@ -167,7 +167,9 @@ def hosvd(T: torch.Tensor, ranks: Sequence[int], randomized: bool | None = None)
         r = ranks[m]
         use_rand = randomized
         if use_rand is None:
-            big = RANDOMIZED_MIN_ENTRIES_CUDA if M.is_cuda else RANDOMIZED_MIN_ENTRIES
+            # the lower CUDA bar is for speed; a differentiable init (the unfolded network) keeps the exact Gram
+            # factors it had before, as on the CPU
+            big = RANDOMIZED_MIN_ENTRIES_CUDA if (M.is_cuda and not M.requires_grad) else RANDOMIZED_MIN_ENTRIES
             use_rand = M.numel() >= big and 4 * (r + RANGE_OVERSAMPLE) <= min(M.shape)
         if use_rand and r < min(M.shape):
             U, P = _randomized_factor(M, r, seed=m)

@@ -371,7 +371,7 @@ def tucker_inner(core_a, factors_a, core_b, factors_b) -> torch.Tensor:
 def relative_change(old: tuple, new: tuple) -> torch.Tensor:
     """``||X_new - X_old||_F / ||X_old||_F`` for Tucker ``(factors, core)`` pairs, exact in r-space (float64)."""
     (fo, co), (fn, cn) = old, new
-    if _stackable(list(fo) + list(fn)) and not _needs_grad(fo, co, fn, cn):
+    if _stackable(list(fo) + list(fn)) and 2 * co.ndim <= len(_LETTERS) and not _needs_grad(fo, co, fn, cn):
         return _relative_change_stacked(list(fo), co, list(fn), cn)
     aa = tucker_inner(co, fo, co, fo)
     bb = tucker_inner(cn, fn, cn, fn)
@@ -379,7 +379,7 @@ def relative_change(old: tuple, new: tuple) -> torch.Tensor:
     return (aa + bb - 2 * ab).clamp_min(0).sqrt() / aa.sqrt().clamp_min(torch.finfo(torch.float64).tiny)
 
 
-_LETTERS = "abcdefghijklmnopqrstuvwxy"
+_LETTERS = "abcdefghijklmnopqrstuvwxyABCDEFGHIJKLMNOPQRSTUVWXYZ"  # einsum indices ("z": the batch)
 
 
 def _relative_change_stacked(fo, co, fn, cn) -> torch.Tensor:
@@ -493,7 +493,8 @@ def clear_graph_cache() -> None:
 def _graph_key(Y, factors, core, eta, mode, backend, observed_fraction):
     return (Y.data_ptr(), tuple(Y.shape), Y.dtype, str(Y.device), tuple(tuple(U.shape) for U in factors),
             tuple(core.shape), mode, backend, float(eta), observed_fraction, STEP_CONTRACT_PRECISION,
-            torch.cuda.current_stream(Y.device).cuda_stream)
+            torch.cuda.current_stream(Y.device).cuda_stream, torch.get_float32_matmul_precision(),
+            torch.backends.cuda.matmul.allow_tf32)
 
 
 def _make_graph_step(Y, factors, core, zeta, eta, mode, backend, want, observed_fraction=None):
@@ -504,17 +505,13 @@ def _make_graph_step(Y, factors, core, zeta, eta, mode, backend, want, observed_
     if resolve_backend(backend, Y) != "triton":
         return None
     key = _graph_key(Y, factors, core, eta, mode, backend, observed_fraction)
-    cached = _GRAPH_CACHE.pop(key, None)
+    cached = _GRAPH_CACHE.pop(key, None)  # out of the cache while in use: a concurrent call captures its own
     if cached is not None:
         cached.reset(factors, core, zeta)
-        _GRAPH_CACHE[key] = cached  # most recent last
         return cached
     try:
         gs = _GraphStep(Y, factors, core, zeta, eta, mode, backend, observed_fraction=observed_fraction)
-        if GRAPH_CACHE_SIZE > 0:
-            while len(_GRAPH_CACHE) >= GRAPH_CACHE_SIZE:
-                _GRAPH_CACHE.pop(next(iter(_GRAPH_CACHE)))
-            _GRAPH_CACHE[key] = gs
+        gs.cache_key = key
         return gs
     except Exception as exc:  # capture unsupported here: run eagerly
         if want:
@@ -522,6 +519,17 @@ def _make_graph_step(Y, factors, core, zeta, eta, mode, backend, want, observed_
         warnings.warn(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); running eagerly",
                       RuntimeWarning, stacklevel=3)
         return None
+
+
+def _release_graph(graph) -> None:
+    """Put a graph whose call is done (its results copied out) back into the cache, most recent last."""
+    key = getattr(graph, "cache_key", None)
+    if key is None or GRAPH_CACHE_SIZE <= 0:
+        return
+    _GRAPH_CACHE.pop(key, None)
+    while len(_GRAPH_CACHE) >= GRAPH_CACHE_SIZE:
+        _GRAPH_CACHE.pop(next(iter(_GRAPH_CACHE)))
+    _GRAPH_CACHE[key] = graph
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -733,10 +741,11 @@ def rpca(
     amax = float(torch.linalg.vector_norm(Yinit, ord=float("inf")))
     shift = _range_shift(amax, work_dtype)
     if shift:  # extreme magnitudes: work on 2^shift * Y (exact), answer scaled back below
-        f2 = 2.0 ** shift
-        Yt, Yinit, amax = Yt * f2, Yinit * f2, amax * f2
-        p.zeta0 = None if p.zeta0 is None else p.zeta0 * f2
-        p.zeta1 = None if p.zeta1 is None else p.zeta1 * f2
+        Yt = _ldexp(Yt, shift)
+        Yinit = Yt if obs is None else _ldexp(Yinit, shift)
+        amax = _ldexp(amax, shift)
+        p.zeta0 = None if p.zeta0 is None else _ldexp(p.zeta0, shift)
+        p.zeta1 = None if p.zeta1 is None else _ldexp(p.zeta1, shift)
     if p.zeta0 is None:
         p.zeta0 = p.zeta0_scale * _init.default_zeta0(Yinit, ranks, scale=scale, zmax=amax)
     timer.mark("zeta0")
@@ -799,6 +808,7 @@ def rpca(
                         break
                 # copies: the graph's buffers are reused by a later call (GRAPH_CACHE_SIZE)
                 factors, core = [U.clone() for U in graph.f], graph.c.clone()
+                _release_graph(graph)
             else:
                 for k in range(int(max_iter)):
                     zeta = zeta_at(k)
@@ -807,7 +817,7 @@ def rpca(
                     change = float(relative_change((factors, core), new))
                     factors, core = new
                     if callback is not None:
-                        callback(k + 1, factors, core)
+                        callback(k + 1, factors, core if not shift else _ldexp(core, -shift))
                     if record(change, zeta):
                         break
     finally:
@@ -825,11 +835,10 @@ def rpca(
     if obs is not None:
         S.masked_fill_(~obs, 0)
     if shift:  # back to the units of Y
-        f2 = 2.0 ** -shift
-        X, S, core = X * f2, S * f2, core * f2
-        p.zeta0, p.zeta1, zeta_final = p.zeta0 * f2, p.zeta1 * f2, zeta_final * f2
+        X, S, core = _ldexp(X, -shift), _ldexp(S, -shift), _ldexp(core, -shift)
+        p.zeta0, p.zeta1, zeta_final = (_ldexp(v, -shift) for v in (p.zeta0, p.zeta1, zeta_final))
         for h in history:
-            h["zeta"] *= f2
+            h["zeta"] = _ldexp(h["zeta"], -shift)
     checks = _check_answer(S, zeta_final, history, ranks, n_entries=None if obs is None else int(obs.sum()))
     if checks.get("likely_wrong"):
         converged = False
@@ -845,6 +854,15 @@ def rpca(
     timer.mark("final")
     result.timings = timer.times
     return result
+
+
+def _ldexp(x, k: int):
+    """``x * 2^k`` (a tensor or a float), exact; in two factors so that neither overflows the dtype (``k`` up
+    to the width of float64's exponent range)."""
+    a = k // 2
+    if isinstance(x, torch.Tensor):
+        return x * 2.0 ** a * 2.0 ** (k - a)
+    return math.ldexp(float(x), k)
 
 
 def _range_shift(amax: float, dtype: torch.dtype) -> int:

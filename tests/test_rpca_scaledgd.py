@@ -462,13 +462,47 @@ def test_extreme_magnitudes_are_fitted_like_ordinary_ones(s):
     entries the initialisation forms would overflow or underflow (a raw LinAlgError from eigh at 1e19, NaN at
     1e-30 before), so rpca works on a power-of-two rescaled copy and scales the answer back."""
     p = synthetic_rpca((20, 21, 22), (2, 2, 2), alpha=0.1, seed=1, dtype=torch.float32)
+    seen = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = rpca(p.Y, (2, 2, 2))
-        got = rpca(p.Y * s, (2, 2, 2))
+        got = rpca(p.Y * s, (2, 2, 2), callback=lambda k, f, c: seen.append(float(c.abs().max())))
     assert got.converged and ref.converged
     assert rel_err(got.low_rank / s, p.low_rank) < 1e-4 and rel_err(got.sparse / s, p.sparse) < 1e-4
-    assert got.params.zeta1 / s == pytest.approx(ref.params.zeta1, rel=1e-4)  # thresholds in Y's units
+    X = tucker_to_tensor(got.core.double(), [U.double() for U in got.factors])  # core and factors in Y's units
+    assert rel_err(X / s, p.low_rank.double()) < 1e-4
+    assert seen[-1] == pytest.approx(float(got.core.abs().max()), rel=1e-6)  # the callback sees Y's units too
+    for name in ("zeta0", "zeta1"):  # thresholds in Y's units
+        assert getattr(got.params, name) / s == pytest.approx(getattr(ref.params, name), rel=1e-4)
     assert got.history[0]["zeta"] / s == pytest.approx(ref.history[0]["zeta"], rel=1e-4)
+    assert got.checks["zeta_final"] == pytest.approx(got.params.zeta1 * got.params.rho ** got.n_iter, rel=1e-9)
     if math.frexp(s)[0] == 0.5:  # a power of two: the rescaling is exact, so is the answer
         torch.testing.assert_close(got.low_rank / s, ref.low_rank, rtol=1e-6, atol=0)
+
+
+
+@pytest.mark.parametrize("dtype,s", [(torch.float32, 2.0 ** 120), (torch.float32, 2.0 ** -140),
+                                     (torch.float64, 2.0 ** 1000), (torch.float64, 2.0 ** -1060)])
+def test_magnitudes_at_the_ends_of_the_dtype_range(dtype, s):
+    """Data near the largest or in the subnormal range of its dtype: the power-of-two rescaling must not overflow
+    on the way in or out (its factor is applied in two halves)."""
+    p = synthetic_rpca((12, 13, 14), (2, 2, 2), alpha=0.1, seed=2, dtype=torch.float64)
+    Y = (p.Y / p.Y.abs().max() * s).to(dtype)  # max|Y| = s
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = rpca(Y, (2, 2, 2))
+    assert torch.isfinite(got.low_rank).all() and torch.isfinite(got.core).all()
+    k = math.frexp(s)[1] - 1  # s = 2^k
+    unit = lambda t: t.double() * 2.0 ** -(k // 2) * 2.0 ** -(k - k // 2)  # noqa: E731  (t / s without overflow)
+    truth = (p.low_rank / p.Y.abs().max() * s).to(dtype)
+    tol = 1e-4 if s > 1 else 5e-2  # subnormal data keeps few significant bits
+    assert rel_err(unit(got.low_rank), unit(truth)) < tol
+
+
+def test_equal_shape_tensor_of_high_order_takes_the_per_mode_change():
+    """Order 13 (26 einsum indices for the batched relative change, more than it has) still runs."""
+    Y = torch.randn((2,) * 13, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = rpca(Y, 1, max_iter=3)
+    assert res.n_iter == 3 and torch.isfinite(res.low_rank).all()
