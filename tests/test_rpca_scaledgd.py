@@ -506,3 +506,28 @@ def test_equal_shape_tensor_of_high_order_takes_the_per_mode_change():
         warnings.simplefilter("ignore")
         res = rpca(Y, 1, max_iter=3)
     assert res.n_iter == 3 and torch.isfinite(res.low_rank).all()
+
+
+def test_graph_cache_release_keeps_the_most_recent_within_its_size(monkeypatch):
+    """The bookkeeping of the CUDA-graph cache (the graphs themselves need a GPU): a graph goes back into the
+    cache when its call is done, the oldest is evicted beyond GRAPH_CACHE_SIZE, size 0 keeps none, and a graph
+    that was never keyed (eager stand-ins) is not kept."""
+    import types
+
+    import tensorrpca.scaledgd as sg
+
+    sg.clear_graph_cache()
+    g1, g2, g3 = (types.SimpleNamespace(cache_key=("k", i)) for i in range(3))
+    monkeypatch.setattr(sg, "GRAPH_CACHE_SIZE", 2)
+    for g in (g1, g2, g1, g3):  # g1 used again: most recent, so g2 is the one evicted by g3
+        sg._release_graph(g)
+    assert list(sg._GRAPH_CACHE.values()) == [g1, g3]
+    monkeypatch.setattr(sg, "GRAPH_CACHE_SIZE", 1)
+    sg._release_graph(g2)
+    assert list(sg._GRAPH_CACHE.values()) == [g2]
+    sg._release_graph(types.SimpleNamespace())
+    assert list(sg._GRAPH_CACHE.values()) == [g2]
+    monkeypatch.setattr(sg, "GRAPH_CACHE_SIZE", 0)
+    sg.clear_graph_cache()
+    sg._release_graph(g1)
+    assert not sg._GRAPH_CACHE
