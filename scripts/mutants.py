@@ -354,8 +354,9 @@ def main(argv=None) -> int:
                     help="run every selected test for every mutant (default: only the tests that call the function "
                          "holding the mutated line, found by a profiled clean run; module-level lines: all tests)")
     ap.add_argument("--resume", action="store_true",
-                    help="keep the rows of an earlier run of the same module and pytest arguments in the JSON (its tests "
-                         "must be among --tests: tests may be added, e.g. slow ones for the survivors); run the rest")
+                    help="keep the rows of an earlier run of the same module and pytest arguments in the JSON (its "
+                         "tests must be among --tests: tests may be added, e.g. slow ones for the survivors); run the "
+                         "rest")
     ap.add_argument("--rerun-timeouts", action="store_true",
                     help="with --resume: run the kept timeouts again (e.g. with a larger --timeout-factor, when a "
                          "busy machine, not the mutant, made them slow)")
