@@ -354,7 +354,9 @@ def main(argv=None) -> int:
                     help="run every selected test for every mutant (default: only the tests that call the function "
                          "holding the mutated line, found by a profiled clean run; module-level lines: all tests)")
     ap.add_argument("--resume", action="store_true",
-                    help="keep the rows of an earlier run of the same module and tests in the JSON; run the rest")
+                    help="keep the rows of an earlier run of the same module and pytest arguments in the JSON (its "
+                         "tests must be among --tests: tests may be added, e.g. slow ones for the survivors); run the "
+                         "rest")
     ap.add_argument("--rerun-timeouts", action="store_true",
                     help="with --resume: run the kept timeouts again (e.g. with a larger --timeout-factor, when a "
                          "busy machine, not the mutant, made them slow)")
@@ -406,17 +408,23 @@ def main(argv=None) -> int:
         rows: list[dict] = []
         killers: list[str] = []
         previous = {}
+        meta_resumed_from = {}
         if args.resume and out.exists():
             old = json.loads(out.read_text())
-            if (old.get("module"), old.get("tests"), old.get("pytest_args")) == (args.module, args.tests,
-                                                                                   args.pytest_args):
+            # the same module and pytest arguments, and the same tests or more (tests added: kills stay kills)
+            if (old.get("module"), old.get("pytest_args")) == (args.module, args.pytest_args) \
+                    and set(old.get("tests", [])) <= set(args.tests):
                 previous = {r["site"]: r for r in old.get("rows", [])}
-                print(f"resuming: {len(previous)} rows kept from {out}", flush=True)
+                added = [t for t in args.tests if t not in old.get("tests", [])]
+                print(f"resuming: {len(previous)} rows kept from {out}"
+                      + (f"; tests added since: {added}" if added else ""), flush=True)
+                if added:
+                    meta_resumed_from = {"resumed_from_tests": old.get("tests", [])}
         meta = {"module": args.module, "tests": args.tests, "pytest_args": args.pytest_args,
                 "per_function_tests": not args.all_tests, "reorder": not args.no_reorder,
                 "rerun_survived": bool(args.resume and args.rerun_survived), "sites_total": n_sites, "lines": args.lines, "max": args.max, "seed": args.seed,
                 "sites_chosen": len(chosen),
-                "clean_s": round(base_s, 1)}
+                "clean_s": round(base_s, 1), **meta_resumed_from}
 
         def dump(complete: bool, extra_meta: dict | None = None) -> None:
             done = {r["site"] for r in rows}  # kept rows not reached yet stay in the file (a resumed run cut short)

@@ -223,3 +223,137 @@ def test_outlier_chunks_are_the_least_similar_to_their_landmark():
         worst = cos.amin(-1).argsort(-1)[..., :n_out]          # least similar chunks
         want = torch.zeros(B, hk, Tc // c, dtype=torch.bool).scatter_(2, worst, True)
         assert torch.equal(lay.outlier.cpu(), want)
+
+
+# -- survivors of the full mutation run (issue 23, benchmarks/RESULTS.md): parameter bounds, prompts too short to
+# compress, attention-scaled RoPE, MQA / batch 3 / multi-token steps, all chunks outliers, the landmark temperature --
+
+def _llama(seed=0, **extra):
+    """The tiny Llama of test_kvcache_policies with config overrides (rope scaling, key-value heads)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=512)
+    return LlamaForCausalLM(LlamaConfig(**{**common, **extra})).eval()
+
+
+def _steps_logits(m, policy=None, n=2, T=64, steps=(1, 1)):
+    """Prefill an ``n`` x ``T`` batch (row 1 left-padded), then forwards of ``steps[i]`` tokens each; their logits
+    concatenated along time (n, sum(steps), V)."""
+    ids, am = batch(n=n, T=T)
+    g = torch.Generator().manual_seed(9)
+    outs = []
+    with torch.no_grad():
+        ctx = kvcache.apply(m, policy) if policy is not None else None
+        if ctx is not None:
+            ctx.__enter__()
+        try:
+            cache = DynamicCache(config=m.config)
+            m(input_ids=ids, attention_mask=am, **{cache_keyword(m): cache}, use_cache=True)
+            for s in steps:
+                am = torch.cat([am, torch.ones(n, s, dtype=am.dtype)], 1)
+                tok = torch.randint(0, V, (n, s), generator=g)
+                outs.append(m(input_ids=tok, attention_mask=am, **{cache_keyword(m): cache}, use_cache=True).logits)
+        finally:
+            if ctx is not None:
+                ctx.__exit__(None, None, None)
+    return torch.cat(outs, 1), cache
+
+
+def test_parameter_bounds_accept_their_limits_and_reject_each_bad_value():
+    """Documented bounds: budget >= chunk >= 1, rank >= 1, local_window >= 0, outlier_chunks >= 0. Every limit
+    itself is accepted (and runs: prefill + decode, finite logits); each value one step beyond, alone, raises."""
+    from llmeff.errors import LLMEffValueError
+
+    lim = ShadowKV(budget=1, rank=1, chunk=1, local_window=0, outlier_chunks=0)
+    assert lim.describe() == {"policy": "shadowkv", "budget": 1, "rank": 1, "chunk": 1, "local_window": 0,
+                              "outlier_chunks": 0}
+    ShadowKV(budget=8, chunk=8)
+    logits, _ = _steps_logits(_llama(), lim, T=24, steps=(1,))
+    assert torch.isfinite(logits).all()
+    for bad in (dict(budget=7, chunk=8), dict(budget=8, chunk=0), dict(rank=0), dict(local_window=-1),
+                dict(outlier_chunks=-1)):
+        with pytest.raises(LLMEffValueError):
+            ShadowKV(**bad)
+
+
+def test_prompt_too_short_to_compress_stays_exact_and_uncompressed():
+    """T = 15 < local_window + chunk = 16: no chunk is formed, so attention is exact and the cache holds exactly
+    the dense keys, values and their positions on the device, nothing on the host (bytes counted by hand)."""
+    m = _llama()
+    B, hk, D, T, steps = 2, 2, 16, 15, (1, 1)
+    ref, _ = _steps_logits(m, T=T, steps=steps)
+    got, cache = _steps_logits(m, ShadowKV(budget=8, rank=2, chunk=8, local_window=8, outlier_chunks=1), T=T,
+                               steps=steps)
+    assert _rel(got, ref) < 1e-5
+    L = T + sum(steps)
+    per_layer = 2 * B * hk * L * D * 4 + B * hk * L * 8      # float32 keys + values, int64 positions
+    mem = kvcache.cache_memory(cache)
+    assert (mem["device"], mem["host"]) == (2 * per_layer, 0)
+
+
+def test_attention_scaled_rope_full_rank_full_budget_equals_full_attention():
+    """YaRN RoPE multiplies cos and sin by an attention factor (1 + 0.1 ln 4 = 1.139 here): the keys are un-rotated
+    with it and rebuilt with it, so at full rank and budget decode still equals full attention."""
+    import math
+
+    m = _llama(rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0,
+                                "original_max_position_embeddings": 128})
+    assert m.model.rotary_emb.attention_scaling == pytest.approx(1 + 0.1 * math.log(4.0))
+    ref, _ = _steps_logits(m)
+    got, _ = _steps_logits(m, ShadowKV(budget=1024, rank=FULL_RANK, chunk=8, local_window=8, outlier_chunks=1))
+    assert _rel(got, ref) < 1e-4
+
+
+def test_mqa_batch_of_three_and_a_multi_token_step_equal_full_attention():
+    """One key-value head (MQA), three sequences, a 3-token forward after the prefill, then single tokens: at full
+    rank (16 = Hkv * D) and a budget above the sequence, exact; also with ``offload=True`` on a CPU-only model
+    (the values already live in host memory)."""
+    m = _llama(num_key_value_heads=1)
+    ref, _ = _steps_logits(m, n=3, steps=(3, 1, 1))
+    for offload in (None, True):
+        got, cache = _steps_logits(m, ShadowKV(budget=1024, rank=16, chunk=8, local_window=8, outlier_chunks=1,
+                                               offload=offload), n=3, steps=(3, 1, 1))
+        assert _rel(got, ref) < 1e-4, offload
+        assert cache.layers[0].v_host.device.type == "cpu"
+
+
+def test_all_chunks_outliers_is_exact_attention():
+    """outlier_chunks >= the number of chunks: every chunk stays exact, none is rebuilt; decode equals full attention
+    even at rank 1."""
+    m = _llama()
+    ref, _ = _steps_logits(m, T=40)
+    got, cache = _steps_logits(m, ShadowKV(budget=16, rank=1, chunk=8, local_window=8, outlier_chunks=4), T=40)
+    assert bool(cache.layers[0].outlier.all())
+    assert _rel(got, ref) < 1e-5
+
+
+def test_landmark_ranking_is_softmax_at_temperature_sqrt_head_dim():
+    """Chunks are ranked by softmax(q . landmark / sqrt(D)) summed over the query heads of a key-value group. The
+    reference is computed here in float64; at temperature D**-1 or D**+0.5 it would pick another pair of chunks
+    (so this case tells the scalings apart), with a margin far above float32 rounding."""
+    import numpy as np
+
+    from llmeff.kvcache.shadowkv import ShadowKVLayer
+
+    D, C, G, k = 16, 6, 2, 2
+    r = np.random.default_rng(5)
+    lm, q = r.standard_normal((C, D)), r.standard_normal((G, D)) * 1.5
+
+    def mass(s):
+        x = (q @ lm.T) * s
+        p = np.exp(x - x.max(1, keepdims=True))
+        return (p / p.sum(1, keepdims=True)).sum(0)
+
+    ref = mass(D ** -0.5)
+    want = set(np.argsort(-ref)[:k].tolist())
+    srt = np.sort(ref)[::-1]
+    assert srt[k - 1] - srt[k] > 1e-2                                 # no near tie
+    for s in (D ** 0.5, D ** -1.0):
+        assert set(np.argsort(-mass(s))[:k].tolist()) != want        # the case discriminates
+    lay = ShadowKVLayer(ShadowKV(budget=k * 8, chunk=8, outlier_chunks=0), None, None)
+    lay.landmarks = torch.tensor(lm, dtype=torch.float32).view(1, 1, C, D)
+    lay.outlier = torch.zeros(1, 1, C, dtype=torch.bool)
+    top = lay._select(torch.tensor(q, dtype=torch.float32).view(1, G, 1, D))
+    assert top.shape == (1, 1, k) and set(top.flatten().tolist()) == want
