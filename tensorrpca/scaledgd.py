@@ -259,15 +259,7 @@ def scaledgd_step(
         PN, Q = PN / observed_fraction, Q / observed_fraction
     # small tensors only from here on
     small = "torch"
-    # T_i = R x_{j != i} U_j^T  (I_i at mode i, r elsewhere)
-    T = []
-    for i in range(N - 1):
-        T.append(multi_mode_product(PN, [factors[j] for j in range(N - 1) if j != i],
-                                    modes=[j for j in range(N - 1) if j != i], transpose=True, backend=small))
-    T.append(multi_mode_product(Q, [factors[j] for j in range(N - 2)], modes=list(range(N - 2)),
-                                transpose=True, backend=small))
-    # core gradient R x_all U^T
-    C = multi_mode_product(T[0], [factors[0]], modes=[0], transpose=True, backend=small)
+    T, C = _grad_tensors(PN, Q, factors, N)  # T_i = R x_{j != i} U_j^T; core gradient C = R x_all U^T
     W = [U.t() @ U for U in factors]  # U_i^T U_i
     eye = [torch.eye(w.shape[0], dtype=w.dtype, device=w.device) for w in W]
     new_factors = []

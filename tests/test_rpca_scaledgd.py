@@ -454,6 +454,19 @@ def test_batched_rspace_step_equals_the_per_mode_step(monkeypatch, shape, ranks,
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
         assert abs(float(sg.relative_change((f, c), (fb, cb))) - rb) < 1e-12 * max(rb, 1.0)
         assert rb > 1e-4  # the step moved: the comparison is not between two no-ops
+        # a step size given as a tensor (no grad: e.g. an unfolded network in eval mode) takes the same path
+        ft, ct = sg.scaledgd_step(Y, f, c, 1.0, torch.tensor(0.5, dtype=Y.dtype), observed_fraction=frac)
+        torch.testing.assert_close(ct, cb, rtol=1e-10, atol=1e-12)
+        for a, b in zip(ft, fb):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # the relative change at a small scale (||X_new - X_old||^2 far below 1: no absolute floor may enter)
+    tiny = 1e-6
+    fs, cs = sg.scaledgd_step(p.Y, f, c, 1.0, 0.5)
+    with monkeypatch.context() as m:
+        m.setattr(sg, "_stackable", lambda fs_: False)
+        ref = float(sg.relative_change((f, c * tiny), (fs, cs * tiny)))
+    assert float(sg.relative_change((f, c * tiny), (fs, cs * tiny))) == pytest.approx(ref, rel=1e-9)
+    assert ref == pytest.approx(float(sg.relative_change((f, c), (fs, cs))), rel=1e-9)  # scale-free
 
 
 @pytest.mark.parametrize("s", [2.0 ** -100, 1e-30, 1e-20, 1e19, 1e25, 2.0 ** 90])
@@ -466,12 +479,13 @@ def test_extreme_magnitudes_are_fitted_like_ordinary_ones(s):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = rpca(p.Y, (2, 2, 2))
-        got = rpca(p.Y * s, (2, 2, 2), callback=lambda k, f, c: seen.append(float(c.abs().max())))
+        got = rpca(p.Y * s, (2, 2, 2), callback=lambda k, f, c: seen.append((k, float(c.abs().max()))))
     assert got.converged and ref.converged
     assert rel_err(got.low_rank / s, p.low_rank) < 1e-4 and rel_err(got.sparse / s, p.sparse) < 1e-4
     X = tucker_to_tensor(got.core.double(), [U.double() for U in got.factors])  # core and factors in Y's units
     assert rel_err(X / s, p.low_rank.double()) < 1e-4
-    assert seen[-1] == pytest.approx(float(got.core.abs().max()), rel=1e-6)  # the callback sees Y's units too
+    assert seen[-1][1] == pytest.approx(float(got.core.abs().max()), rel=1e-6)  # the callback sees Y's units too
+    assert [k for k, _ in seen] == list(range(1, got.n_iter + 1))  # and counts iterations from 1
     for name in ("zeta0", "zeta1"):  # thresholds in Y's units
         assert getattr(got.params, name) / s == pytest.approx(getattr(ref.params, name), rel=1e-4)
     assert got.history[0]["zeta"] / s == pytest.approx(ref.history[0]["zeta"], rel=1e-4)
@@ -516,6 +530,7 @@ def test_graph_cache_release_keeps_the_most_recent_within_its_size(monkeypatch):
 
     import tensorrpca.scaledgd as sg
 
+    assert sg.GRAPH_CACHE_SIZE == 1  # the documented default: one graph kept
     sg.clear_graph_cache()
     g1, g2, g3 = (types.SimpleNamespace(cache_key=("k", i)) for i in range(3))
     monkeypatch.setattr(sg, "GRAPH_CACHE_SIZE", 2)
