@@ -508,7 +508,12 @@ class MultimodalDiffusion:
 
 
 def median_filter_channels(x: torch.Tensor, size: int = 3) -> torch.Tensor:
-    """Per-channel ``size x size`` median filter of ``(..., H, W)`` (replicated borders; 1 = unchanged)."""
+    """Per-channel ``size x size`` median filter of ``(..., H, W)`` (replicated borders; 0 or 1 = unchanged).
+    ``size``: an odd integer (a window centred on each pixel); an even or negative one raises
+    ``DiffusionInputError``."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 0 or (size > 1 and size % 2 == 0):
+        raise DiffusionInputError(f"the median filter size must be an odd integer (a window centred on each pixel: "
+                                  f"3, 5, ...; 0 or 1 for none), got {size!r}")
     if size <= 1:
         return x
     r = size // 2

@@ -14,6 +14,7 @@ pytest.importorskip("diffusers")
 
 from diffusion import CheckpointError, MultimodalDiffusion  # noqa: E402
 from diffusion.data import make_pair, quat_to_channels  # noqa: E402
+from diffusion.errors import DiffusionInputError  # noqa: E402
 from diffusion.model import DATA_DIR, ModelConfig, boundary_map  # noqa: E402
 from diffusion.operators import warp  # noqa: E402
 from diffusion.pl import pl_images  # noqa: E402
@@ -195,7 +196,11 @@ def test_boundary_helpers_match_references():
     x = torch.randn(2, 3, 12, 11, generator=g)
     np.testing.assert_allclose(median_filter_channels(x, 3).numpy(),
                                median_filter(x.numpy(), size=(1, 1, 3, 3), mode="nearest"), atol=1e-6)
-    assert torch.equal(median_filter_channels(x, 1), x)
+    assert torch.equal(median_filter_channels(x, 1), x) and torch.equal(median_filter_channels(x, 0), x)
+    assert torch.equal(median_filter_channels(x), median_filter_channels(x, 3))  # the documented default: 3 x 3
+    for bad in (2, 4, -1, 2.5, True):  # an even window has no centre pixel: a named error, not a reshape error
+        with pytest.raises(DiffusionInputError, match="odd integer"):
+            median_filter_channels(x, bad)
     v = torch.cat((torch.randn(500, generator=g), 4 + torch.randn(300, generator=g)))
     assert abs(otsu_threshold(v) - float(threshold_otsu(v.numpy()))) < 0.05
     # a vertical step: Sobel responds on the two columns either side of it and nowhere else
