@@ -95,9 +95,10 @@ def _lowrank_keys_model(seed=0, key_rank=4, qk_scale=4.0):
     return m
 
 
-def _decode_logits(m, policy=None, T=128, steps=4):
-    """Prefill a T-token batch, then ``steps`` one-token decode forwards on fixed tokens; their logits (B, steps, V)."""
-    ids, am = batch(T=T)
+def _steps_logits(m, policy=None, n=2, T=64, steps=(1, 1)):
+    """Prefill an ``n`` x ``T`` batch (row 1 left-padded), then forwards of ``steps[i]`` tokens each; their logits
+    concatenated along time (n, sum(steps), V)."""
+    ids, am = batch(n=n, T=T)
     g = torch.Generator().manual_seed(9)
     outs = []
     with torch.no_grad():
@@ -107,14 +108,19 @@ def _decode_logits(m, policy=None, T=128, steps=4):
         try:
             cache = DynamicCache(config=m.config)
             m(input_ids=ids, attention_mask=am, **{cache_keyword(m): cache}, use_cache=True)
-            for _ in range(steps):
-                am = torch.cat([am, torch.ones(2, 1, dtype=am.dtype)], 1)
-                tok = torch.randint(0, V, (2, 1), generator=g)
+            for s in steps:
+                am = torch.cat([am, torch.ones(n, s, dtype=am.dtype)], 1)
+                tok = torch.randint(0, V, (n, s), generator=g)
                 outs.append(m(input_ids=tok, attention_mask=am, **{cache_keyword(m): cache}, use_cache=True).logits)
         finally:
             if ctx is not None:
                 ctx.__exit__(None, None, None)
-    return torch.cat(outs, 1)
+    return torch.cat(outs, 1), cache
+
+
+def _decode_logits(m, policy=None, T=128, steps=4):
+    """Prefill a T-token batch, then ``steps`` one-token decode forwards on fixed tokens; their logits (B, steps, V)."""
+    return _steps_logits(m, policy, T=T, steps=(1,) * steps)[0]
 
 
 def _rel(x, ref):
@@ -236,29 +242,6 @@ def _llama(seed=0, **extra):
     common = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=512)
     return LlamaForCausalLM(LlamaConfig(**{**common, **extra})).eval()
-
-
-def _steps_logits(m, policy=None, n=2, T=64, steps=(1, 1)):
-    """Prefill an ``n`` x ``T`` batch (row 1 left-padded), then forwards of ``steps[i]`` tokens each; their logits
-    concatenated along time (n, sum(steps), V)."""
-    ids, am = batch(n=n, T=T)
-    g = torch.Generator().manual_seed(9)
-    outs = []
-    with torch.no_grad():
-        ctx = kvcache.apply(m, policy) if policy is not None else None
-        if ctx is not None:
-            ctx.__enter__()
-        try:
-            cache = DynamicCache(config=m.config)
-            m(input_ids=ids, attention_mask=am, **{cache_keyword(m): cache}, use_cache=True)
-            for s in steps:
-                am = torch.cat([am, torch.ones(n, s, dtype=am.dtype)], 1)
-                tok = torch.randint(0, V, (n, s), generator=g)
-                outs.append(m(input_ids=tok, attention_mask=am, **{cache_keyword(m): cache}, use_cache=True).logits)
-        finally:
-            if ctx is not None:
-                ctx.__exit__(None, None, None)
-    return torch.cat(outs, 1), cache
 
 
 def test_parameter_bounds_accept_their_limits_and_reject_each_bad_value():
