@@ -345,12 +345,13 @@ def _rspace_stacked(PN, Q, factors, core, eta, scale: float):
             for i in range(N)])
     inv = torch.linalg.inv_ex(torch.cat([grams, W]))[0]
     e = eta * scale
+    dcore = multi_mode_product(C, list(inv[N:].unbind(0)), backend="torch")
     if isinstance(e, torch.Tensor):
         new_Us = Us - e * torch.bmm(grads, inv[:N].transpose(1, 2))
-        new_core = core - e * multi_mode_product(C, list(inv[N:].unbind(0)), backend="torch")
-    else:
+        new_core = core - e * dcore
+    else:  # one fused kernel each
         new_Us = torch.baddbmm(Us, grads, inv[:N].transpose(1, 2), alpha=-e)
-        new_core = torch.add(core, multi_mode_product(C, list(inv[N:].unbind(0)), backend="torch"), alpha=-e)
+        new_core = torch.add(core, dcore, alpha=-e)
     return list(new_Us.unbind(0)), new_core
 
 
@@ -364,19 +365,20 @@ def relative_change(old: tuple, new: tuple) -> torch.Tensor:
     """``||X_new - X_old||_F / ||X_old||_F`` for Tucker ``(factors, core)`` pairs, exact in r-space (float64)."""
     (fo, co), (fn, cn) = old, new
     if _stackable(list(fo) + list(fn)) and 2 * co.ndim <= len(_LETTERS) and not _needs_grad(fo, co, fn, cn):
-        return _relative_change_stacked(list(fo), co, list(fn), cn)
-    aa = tucker_inner(co, fo, co, fo)
-    bb = tucker_inner(cn, fn, cn, fn)
-    ab = tucker_inner(co, fo, cn, fn)
+        aa, bb, ab = _inner_products_stacked(list(fo), co, list(fn), cn)
+    else:
+        aa = tucker_inner(co, fo, co, fo)
+        bb = tucker_inner(cn, fn, cn, fn)
+        ab = tucker_inner(co, fo, cn, fn)
     return (aa + bb - 2 * ab).clamp_min(0).sqrt() / aa.sqrt().clamp_min(torch.finfo(torch.float64).tiny)
 
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyABCDEFGHIJKLMNOPQRSTUVWXYZ"  # einsum indices ("z": the batch)
 
 
-def _relative_change_stacked(fo, co, fn, cn) -> torch.Tensor:
-    """:func:`relative_change` for factors of one shape: the three inner products ``<X_o, X_o>``,
-    ``<X_n, X_n>``, ``<X_o, X_n>`` as one batched float64 contraction (a handful of kernels, not ~45)."""
+def _inner_products_stacked(fo, co, fn, cn):
+    """``(<X_o, X_o>, <X_n, X_n>, <X_o, X_n>)`` (float64) for factors of one shape, as one batched contraction
+    (a handful of kernels, where three :func:`tucker_inner` calls take ~45)."""
     N = co.ndim
     Uo, Un = torch.stack(fo).double(), torch.stack(fn).double()
     r = Uo.shape[2]
@@ -385,8 +387,7 @@ def _relative_change_stacked(fo, co, fn, cn) -> torch.Tensor:
     cb = torch.stack([co, cn, cn]).double()
     a, b = _LETTERS[:N], _LETTERS[N:2 * N]
     eq = f"z{a}," + ",".join(f"z{a[j]}{b[j]}" for j in range(N)) + f",z{b}->z"
-    aa, bb, ab = torch.einsum(eq, ca, *[Ms[:, j] for j in range(N)], cb).unbind(0)
-    return (aa + bb - 2 * ab).clamp_min(0).sqrt() / aa.sqrt().clamp_min(torch.finfo(torch.float64).tiny)
+    return torch.einsum(eq, ca, *[Ms[:, j] for j in range(N)], cb).unbind(0)
 
 
 class _GraphStep:
