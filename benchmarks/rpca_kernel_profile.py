@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_rpca import _sync, wall  # noqa: E402
 
 import tensorrpca._init as rinit  # noqa: E402
 from tensorkernels import threshold_residual, tucker_to_tensor  # noqa: E402
@@ -27,22 +27,10 @@ from tensorrpca.scaledgd import _GraphStep, scaledgd_step, spectral_init  # noqa
 from tensorrpca.synthetic import synthetic_rpca  # noqa: E402
 
 
-def sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def timed(fn, repeat=5):
-    fn()
-    sync()
-    ts = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        r = fn()
-        sync()
-        ts.append(time.perf_counter() - t)
-    ts.sort()
-    return ts[len(ts) // 2] * 1e3, r
+    """(median ms, last result) of fn(), CUDA-synchronised: gpu_rpca's ``wall`` in milliseconds."""
+    secs, res = wall(fn, warmup=1, repeat=repeat)
+    return secs * 1e3, res
 
 
 def kernels_of(fn, top=25):
@@ -50,10 +38,10 @@ def kernels_of(fn, top=25):
     from torch.profiler import ProfilerActivity, profile
 
     fn()
-    sync()
+    _sync()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         fn()
-        sync()
+        _sync()
     rows = {}
     n = 0
     for e in prof.events():

@@ -128,8 +128,8 @@ def triton_residual_contract(Y, H, UN, Uprev, zeta, mode: str, precision: str | 
                              config: tuple | None = None, missing: bool = False,
                              contract_precision: str | None = None):
     """``zeta``: float, or a 1-element device tensor read by the kernel (so a CUDA graph can replay the pass
-    with a new threshold). ``config``: ``(BI, BJ, num_warps[, num_stages])`` override (tuning). ``missing``: NaN entries of
-    ``Y`` get a zero residual. ``contract_precision``: see :data:`CONTRACT_PRECISION` (fp32 on GPU only)."""
+    with a new threshold). ``config``: ``(BI, BJ, num_warps[, num_stages])`` override (tuning). ``missing``: NaN
+    entries of ``Y`` get a zero residual. ``contract_precision``: see :data:`CONTRACT_PRECISION` (fp32 on GPU only)."""
     Y = Y.contiguous()
     H = H.contiguous()
     UN = UN.contiguous()
