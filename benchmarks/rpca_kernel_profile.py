@@ -159,9 +159,11 @@ def main(argv=None):
         nf, nc = scaledgd_step(Y, f, c, z1, 0.5)
         return relative_change((f, c), (nf, nc))
 
-    k, tot, top = kernels_of(body, top=12)
+    k, tot, top = kernels_of(body, top=200)
     out["kernels_step_and_change"] = {"count": k, "gpu_ms": tot, "top": top}
     print(f"\n== eager step + relative change: {k} kernels, {tot:.3f} ms GPU")
+    for row in top:
+        print(f"  {row[2] * 1e3:8.1f} us {row[1]:4d}x  {row[0]}")
     if dev == "cuda":
         gs = _GraphStep(Y, f, c, z1, 0.5, "hard", None)
         out["graph_capture_ms"], _ = timed(lambda: _GraphStep(Y, f, c, z1, 0.5, "hard", None), repeat=3)

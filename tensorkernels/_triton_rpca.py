@@ -15,11 +15,11 @@ import triton.language as tl
 
 @triton.jit
 def _residual_contract_kernel(
-    y_ptr, h_ptr, un_ptr, up_ptr, pn_ptr, q_ptr,
-    P, I, J, RN, RP, chunk, zeta_arg,
+    y_ptr, h_ptr, un_ptr, up_ptr, pn_ptr, q_ptr, v_ptr,
+    P, I, J, RN, RP, chunk, zeta_arg, pn_sj, pn_sp, q_sc, q_sp,
     BI: tl.constexpr, BJ: tl.constexpr, RNP: tl.constexpr, RPP: tl.constexpr,
     SOFT: tl.constexpr, PRECISION: tl.constexpr, CPREC: tl.constexpr, MISSING: tl.constexpr,
-    EMULATE_BF16: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, FUSE_H: tl.constexpr, WANT_V: tl.constexpr,
 ):
     p = tl.program_id(0).to(tl.int64)
     pj = tl.program_id(1)
@@ -39,25 +39,44 @@ def _residual_contract_kernel(
         acc_t = tl.float64
     else:
         acc_t = tl.float32
+    if FUSE_H:
+        # X[p, i, j] = U_prev[i] @ (Gp[p] @ U_N[j]^T): the (RPP, BJ) right factor once per program
+        gp = tl.load(h_ptr + p * RP * RN + offs_rp[:, None] * RN + offs_rn[None, :],
+                     mask=mask_rp[:, None] & mask_rn[None, :], other=0.0)
+        if PRECISION == "fp64":
+            w = tl.dot(gp, unt, input_precision="ieee")
+        elif PRECISION == "native":
+            w = tl.dot(gp, unt).to(un.dtype)
+        else:
+            w = tl.dot(gp.to(tl.float32), unt.to(tl.float32), input_precision=PRECISION)
     zeta = tl.load(zeta_arg).to(acc_t)  # from memory: exact in fp64, and replayable in a CUDA graph
     q_acc = tl.zeros((RPP, BJ), dtype=acc_t)
+    if WANT_V:
+        v_acc = tl.zeros((RPP, RNP), dtype=acc_t)
     i_start = pc * chunk
     y_base = y_ptr + p * I * J
     h_base = h_ptr + p * I * RN
-    pn_base = pn_ptr + (pj.to(tl.int64) * P + p) * I * RN
+    pn_base = pn_ptr + pj.to(tl.int64) * pn_sj + p * pn_sp
     for i0 in range(i_start, tl.minimum(i_start + chunk, I), BI):
         offs_i = i0 + tl.arange(0, BI)
         mask_i = offs_i < I
-        h = tl.load(h_base + offs_i[:, None] * RN + offs_rn[None, :],
-                    mask=mask_i[:, None] & mask_rn[None, :], other=0.0)
         y = tl.load(y_base + offs_i[:, None] * J + offs_j[None, :],
                     mask=mask_i[:, None] & mask_j[None, :], other=0.0)
-        if PRECISION == "fp64":
-            x = tl.dot(h, unt, input_precision="ieee")
-        elif PRECISION == "native":
-            x = tl.dot(h, unt)
+        up = tl.load(up_ptr + offs_i[:, None] * RP + offs_rp[None, :],
+                     mask=mask_i[:, None] & mask_rp[None, :], other=0.0)
+        if FUSE_H:
+            a = up
+            b = w
         else:
-            x = tl.dot(h.to(tl.float32), unt.to(tl.float32), input_precision=PRECISION)
+            a = tl.load(h_base + offs_i[:, None] * RN + offs_rn[None, :],
+                        mask=mask_i[:, None] & mask_rn[None, :], other=0.0)
+            b = unt
+        if PRECISION == "fp64":
+            x = tl.dot(a, b, input_precision="ieee")
+        elif PRECISION == "native":
+            x = tl.dot(a, b)
+        else:
+            x = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PRECISION)
         d = y.to(acc_t) - x
         if SOFT:
             r = -tl.minimum(tl.maximum(d, -zeta), zeta)
@@ -66,15 +85,17 @@ def _residual_contract_kernel(
         if MISSING:  # NaN entries of Y are missing: no residual there
             r = tl.where(y == y, r, 0.0)
         r = tl.where(mask_i[:, None] & mask_j[None, :], r, 0.0)
-        up = tl.load(up_ptr + offs_i[:, None] * RP + offs_rp[None, :],
-                     mask=mask_i[:, None] & mask_rp[None, :], other=0.0)
         if PRECISION == "fp64":
             pn = tl.dot(r, un, input_precision="ieee")
             q_acc += tl.dot(tl.trans(up), r, input_precision="ieee")
+            if WANT_V:
+                v_acc += tl.dot(tl.trans(up), pn, input_precision="ieee")
         elif PRECISION == "native":
             rl = r.to(un.dtype)
             pn = tl.dot(rl, un)
             q_acc += tl.dot(tl.trans(up), rl)
+            if WANT_V:
+                v_acc += tl.dot(tl.trans(up), pn.to(up.dtype))
         elif CPREC == "bf16":
             # contractions of the residual on bf16 tensor cores (fp32 accumulation): their relative error
             # (~4e-3) scales with R, which goes to 0, so the fixed point is the one of the exact pass
@@ -84,17 +105,28 @@ def _residual_contract_kernel(
             if EMULATE_BF16:  # Triton's CPU interpreter miscomputes bf16 dots: same rounding, fp32 product
                 pn = tl.dot(rb.to(tl.float32), unb.to(tl.float32), input_precision="ieee")
                 q_acc += tl.dot(upb.to(tl.float32), rb.to(tl.float32), input_precision="ieee")
+                if WANT_V:
+                    v_acc += tl.dot(upb.to(tl.float32), pn.to(tl.bfloat16).to(tl.float32), input_precision="ieee")
             else:
                 pn = tl.dot(rb, unb)
                 q_acc += tl.dot(upb, rb)
+                if WANT_V:
+                    v_acc += tl.dot(upb, pn.to(tl.bfloat16))
         else:
             pn = tl.dot(r, un.to(tl.float32), input_precision=CPREC)
-            q_acc += tl.dot(tl.trans(up.to(tl.float32)), r, input_precision=CPREC)
+            upt = tl.trans(up.to(tl.float32))
+            q_acc += tl.dot(upt, r, input_precision=CPREC)
+            if WANT_V:
+                v_acc += tl.dot(upt, pn, input_precision=CPREC)
         tl.store(pn_base + offs_i[:, None] * RN + offs_rn[None, :], pn.to(pn_ptr.dtype.element_ty),
                  mask=mask_i[:, None] & mask_rn[None, :])
-    q_base = q_ptr + (pc.to(tl.int64) * P + p) * RP * J
+    q_base = q_ptr + pc.to(tl.int64) * q_sc + p * q_sp
     tl.store(q_base + offs_rp[:, None] * J + offs_j[None, :], q_acc.to(q_ptr.dtype.element_ty),
              mask=mask_rp[:, None] & mask_j[None, :])
+    if WANT_V:  # V partial (chunk pc, J-block pj): (P, RP, RN) blocks, chunk-major
+        v_base = v_ptr + ((pc * nJ + pj).to(tl.int64) * P + p) * RP * RN
+        tl.store(v_base + offs_rp[:, None] * RN + offs_rn[None, :], v_acc.to(v_ptr.dtype.element_ty),
+                 mask=mask_rp[:, None] & mask_rn[None, :])
 
 
 def _config(P: int, I: int, J: int, dtype: torch.dtype, n_sm: int, BI: int | None = None, BJ: int | None = None):
@@ -124,19 +156,16 @@ def _config(P: int, I: int, J: int, dtype: torch.dtype, n_sm: int, BI: int | Non
 CONTRACT_PRECISION = "tf32x3"
 
 
-def triton_residual_contract(Y, H, UN, Uprev, zeta, mode: str, precision: str | None = None,
-                             config: tuple | None = None, missing: bool = False,
-                             contract_precision: str | None = None):
-    """``zeta``: float, or a 1-element device tensor read by the kernel (so a CUDA graph can replay the pass
-    with a new threshold). ``config``: ``(BI, BJ, num_warps[, num_stages])`` override (tuning). ``missing``: NaN
-    entries of ``Y`` get a zero residual. ``contract_precision``: see :data:`CONTRACT_PRECISION` (fp32 on GPU only)."""
-    Y = Y.contiguous()
-    H = H.contiguous()
-    UN = UN.contiguous()
-    Uprev = Uprev.contiguous()
+#: ``(BI, BJ, num_warps[, num_stages])`` used when a call passes no ``config`` (``None``: :func:`_config`'s choice
+#: and 4 warps); for tuning (``benchmarks/_tune_rpca_kernel.py``)
+DEFAULT_CONFIG = None
+
+
+def _plan(Y, UN, Uprev, zeta, precision, config, contract_precision):
+    """Tile configuration, precisions and the threshold tensor shared by both entry points."""
     P, I, J = Y.shape
-    RN, RP = UN.shape[1], Uprev.shape[1]
     n_sm = torch.cuda.get_device_properties(Y.device).multi_processor_count if Y.is_cuda else 8
+    config = config if config is not None else DEFAULT_CONFIG
     bi, bj, num_warps, *stages = config if config is not None else (None, None, 4)
     extra = {"num_stages": stages[0]} if stages else {}
     BI, BJ, nJ, chunk, n_chunks = _config(P, I, J, Y.dtype, n_sm, bi, bj)
@@ -153,17 +182,65 @@ def triton_residual_contract(Y, H, UN, Uprev, zeta, mode: str, precision: str | 
         zt = zeta.reshape(1).to(device=Y.device, dtype=Y.dtype)
     else:
         zt = torch.full((1,), float(zeta), dtype=Y.dtype, device=Y.device)
+    meta = dict(BI=BI, BJ=BJ, RNP=max(16, triton.next_power_of_2(UN.shape[1])),
+                RPP=max(16, triton.next_power_of_2(Uprev.shape[1])), PRECISION=precision, CPREC=cprec,
+                EMULATE_BF16=not Y.is_cuda, num_warps=num_warps, **extra)
+    return nJ, chunk, n_chunks, zt, meta
+
+
+def triton_residual_contract(Y, H, UN, Uprev, zeta, mode: str, precision: str | None = None,
+                             config: tuple | None = None, missing: bool = False,
+                             contract_precision: str | None = None):
+    """``zeta``: float, or a 1-element device tensor read by the kernel (so a CUDA graph can replay the pass
+    with a new threshold). ``config``: ``(BI, BJ, num_warps[, num_stages])`` override (tuning). ``missing``: NaN
+    entries of ``Y`` get a zero residual. ``contract_precision``: see :data:`CONTRACT_PRECISION` (fp32 on GPU only)."""
+    Y, H, UN, Uprev = (t.contiguous() for t in (Y, H, UN, Uprev))
+    P, I, J = Y.shape
+    RN, RP = UN.shape[1], Uprev.shape[1]
+    nJ, chunk, n_chunks, zt, meta = _plan(Y, UN, Uprev, zeta, precision, config, contract_precision)
     pn = torch.empty((nJ, P, I, RN), dtype=Y.dtype, device=Y.device)
     q = torch.empty((n_chunks, P, RP, J), dtype=Y.dtype, device=Y.device)
     if Y.numel() == 0:
         return pn.sum(0), q.sum(0)
-    grid = (P, nJ, n_chunks)
-    _residual_contract_kernel[grid](
-        Y, H, UN, Uprev, pn, q, P, I, J, RN, RP, chunk, zt,
-        BI=BI, BJ=BJ, RNP=max(16, triton.next_power_of_2(RN)), RPP=max(16, triton.next_power_of_2(RP)),
-        SOFT=(mode == "soft"), PRECISION=precision, CPREC=cprec, MISSING=bool(missing),
-        EMULATE_BF16=not Y.is_cuda, num_warps=num_warps, **extra,
+    _residual_contract_kernel[(P, nJ, n_chunks)](
+        Y, H, UN, Uprev, pn, q, pn, P, I, J, RN, RP, chunk, zt, P * I * RN, I * RN, P * RP * J, RP * J,
+        SOFT=(mode == "soft"), MISSING=bool(missing), FUSE_H=False, WANT_V=False, **meta,
     )
     pn = pn[0] if nJ == 1 else pn.sum(0)
     q = q[0] if n_chunks == 1 else q.sum(0)
     return pn, q
+
+
+def triton_residual_parts(Y, Gp, UN, Uprev, zeta, mode: str, precision: str | None = None,
+                          config: tuple | None = None, missing: bool = False,
+                          contract_precision: str | None = None):
+    """The fused pass with ``X = U_prev Gp[p] U_N^T`` formed in the kernel (no ``H`` in memory) and a third
+    contraction ``V = U_prev^T R U_N``; the partial sums are left for the caller, laid out for one GEMM over
+    ``P``.
+
+    Args:
+        Y: ``(P, I, J)``; Gp: ``(P, r_prev, r_N)`` (the core times the factors of the leading modes);
+            UN: ``(J, r_N)``; Uprev: ``(I, r_prev)``; zeta, mode, missing, contract_precision: as
+            :func:`triton_residual_contract`.
+    Returns:
+        ``(Z, V, nJ, n_chunks)``: ``Z`` of shape ``(P, nJ * I * r_N + n_chunks * r_prev * J)`` holds, per row
+        ``p``, the ``nJ`` J-block partials of ``PN[p]`` (``(I, r_N)`` each) followed by the ``n_chunks``
+        I-chunk partials of ``Q[p]`` (``(r_prev, J)`` each); ``V`` ``(n_chunks * nJ, P, r_prev, r_N)`` holds
+        the partials of ``V``. ``PN = sum`` of the first blocks, ``Q`` and ``V`` likewise.
+    """
+    Y, Gp, UN, Uprev = (t.contiguous() for t in (Y, Gp, UN, Uprev))
+    P, I, J = Y.shape
+    RN, RP = UN.shape[1], Uprev.shape[1]
+    nJ, chunk, n_chunks, zt, meta = _plan(Y, UN, Uprev, zeta, precision, config, contract_precision)
+    L = nJ * I * RN + n_chunks * RP * J
+    Z = torch.empty((P, L), dtype=Y.dtype, device=Y.device)
+    V = torch.empty((n_chunks * nJ, P, RP, RN), dtype=Y.dtype, device=Y.device)
+    if Y.numel() == 0:
+        Z.zero_()
+        V.zero_()
+        return Z, V, nJ, n_chunks
+    _residual_contract_kernel[(P, nJ, n_chunks)](
+        Y, Gp, UN, Uprev, Z, Z[:, nJ * I * RN:], V, P, I, J, RN, RP, chunk, zt, I * RN, L, RP * J, L,
+        SOFT=(mode == "soft"), MISSING=bool(missing), FUSE_H=True, WANT_V=True, **meta,
+    )
+    return Z, V, nJ, n_chunks

@@ -95,3 +95,97 @@ def residual_contract(
         return triton_residual_contract(Y, H, UN, Uprev, zeta, mode, missing=missing,
                                         contract_precision=contract_precision)
     return residual_contract_torch(Y, H, UN, Uprev, zeta, mode, missing=missing)
+
+
+def residual_gradients(
+    Y: torch.Tensor,
+    core: torch.Tensor,
+    factors: "list[torch.Tensor]",
+    zeta: float | torch.Tensor,
+    mode: str = "hard",
+    backend: str | None = None,
+    missing: bool = False,
+    contract_precision: str | None = None,
+) -> list[torch.Tensor]:
+    """``T_i = R x_{j != i} U_j^T`` for every mode ``i``: the thresholded residual contracted with every
+    factor but one (the tensors the ScaledGD gradients are made of), for ``X = G x_1 U_1 ... x_N U_N``.
+
+    Args:
+        Y: ``(I_1, ..., I_N)``, ``N >= 2``; core: ``(r_1, ..., r_N)``; factors: ``U_i`` of shape ``(I_i, r_i)``;
+            one dtype and device. zeta, mode, backend, missing, contract_precision: as
+            :func:`residual_contract`.
+    Returns:
+        ``T_i`` of shape ``(r_1, ..., I_i, ..., r_N)`` (``I_i`` at mode ``i``, ranks elsewhere), ``i = 1..N``.
+
+    On Triton the pass forms ``X`` from the core and factors tile by tile (no ``H`` in memory), also returns
+    ``V = R x_{N-1} U_{N-1}^T x_N U_N^T`` (``T_i`` for ``i < N - 1`` then needs only ``V``), and lays its
+    partial sums out so that one GEMM over the leading modes gives ``T_{N-1}`` and ``T_N`` together. The torch
+    path contracts :func:`residual_contract_torch`'s ``(PN, Q)`` with the factors (the same values).
+    """
+    N = Y.ndim
+    factors = list(factors)
+    if N < 2 or core.ndim != N or len(factors) != N:
+        raise ValueError(f"need a tensor of order >= 2 with a core and a factor per mode; got Y {tuple(Y.shape)}, "
+                         f"core {tuple(core.shape)}, {len(factors)} factors")
+    if any(U.shape != (Y.shape[i], core.shape[i]) for i, U in enumerate(factors)):
+        raise ValueError(f"factor shapes {[tuple(U.shape) for U in factors]} do not fit Y {tuple(Y.shape)} and "
+                         f"core {tuple(core.shape)}")
+    if mode not in ("hard", "soft"):
+        raise ValueError(f"mode must be 'hard' or 'soft', got {mode!r}")
+    if not isinstance(zeta, torch.Tensor) and float(zeta) < 0:
+        raise ValueError(f"zeta must be >= 0, got {zeta}")
+    lead, lead_modes = factors[:-2], list(range(N - 2))
+    UP, UN = factors[-2], factors[-1]
+    Y3 = Y.reshape(-1, Y.shape[-2], Y.shape[-1])
+    P, I, J = Y3.shape
+    if resolve_backend(backend, Y, core, *factors) != "triton":
+        from .tucker import multi_mode_product
+
+        H = multi_mode_product(core, factors[:-1], modes=list(range(N - 1)), backend=backend)
+        PN, Q = residual_contract_torch(Y3, H.reshape(P, I, -1), UN, UP, zeta, mode, missing=missing)
+        PN = PN.reshape(*Y.shape[:-1], UN.shape[1])
+        Q = Q.reshape(*Y.shape[:-2], UP.shape[1], J)
+        T = []
+        for i in range(N - 1):
+            T.append(multi_mode_product(PN, [factors[j] for j in range(N - 1) if j != i],
+                                        modes=[j for j in range(N - 1) if j != i], transpose=True,
+                                        backend="torch"))
+        T.append(multi_mode_product(Q, lead, modes=lead_modes, transpose=True, backend="torch"))
+        return T
+    return _triton_residual_gradients(Y, core, factors, zeta, mode, missing, contract_precision)
+
+
+def _triton_residual_gradients(Y, core, factors, zeta, mode, missing, contract_precision):
+    from ._triton_rpca import triton_residual_parts
+    from .tucker import multi_mode_product
+
+    N = Y.ndim
+    lead, lead_modes = factors[:-2], list(range(N - 2))
+    UP, UN = factors[-2], factors[-1]
+    rP, rN = UP.shape[1], UN.shape[1]
+    Y3 = Y.reshape(-1, Y.shape[-2], Y.shape[-1])
+    P, I, J = Y3.shape
+    # Gp[p] = (G x_lead U_lead)[p]: (P, r_prev, r_N); cuBLAS (a few thousand entries)
+    Gp = multi_mode_product(core, lead, modes=lead_modes, backend="torch").reshape(P, rP, rN)
+    Z, Vp, nJ, nC = triton_residual_parts(Y3, Gp, UN, UP, zeta, mode, missing=missing,
+                                          contract_precision=contract_precision)
+    lead_in, lead_r = tuple(Y.shape[:-2]), tuple(core.shape[:-2])
+    # one contraction of Z over the leading modes gives T_{N-1} and T_N (their partials) together
+    TZ = multi_mode_product(Z.reshape(*lead_in, Z.shape[1]), lead, modes=lead_modes, transpose=True,
+                            backend="torch").reshape(-1, Z.shape[1])
+    n_pn = nJ * I * rN
+    T_prev = TZ[:, :n_pn].reshape(-1, nJ, I * rN)
+    T_prev = T_prev[:, 0] if nJ == 1 else T_prev.sum(1)
+    T_last = TZ[:, n_pn:].reshape(-1, nC, rP * J)
+    T_last = T_last[:, 0] if nC == 1 else T_last.sum(1)
+    T = []
+    if N > 2:
+        V = Vp[0] if Vp.shape[0] == 1 else Vp.sum(0)
+        V = V.reshape(*lead_in, rP, rN)
+        for i in range(N - 2):
+            T.append(multi_mode_product(V, [lead[j] for j in range(N - 2) if j != i],
+                                        modes=[j for j in range(N - 2) if j != i], transpose=True,
+                                        backend="torch"))
+    T.append(T_prev.reshape(*lead_r, I, rN))
+    T.append(T_last.reshape(*lead_r, rP, J))
+    return T

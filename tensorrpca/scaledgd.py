@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from tensorkernels import multi_mode_product, residual_contract, threshold_residual, tucker_to_tensor, unfold
-from tensorkernels.rpca_fused import residual_contract_torch
+from tensorkernels.rpca_fused import residual_contract_torch, residual_gradients
 
 from . import _init
 from .errors import RPCAConvergenceWarning, RPCAInputError
@@ -252,14 +252,22 @@ def scaledgd_step(
     N = Y.ndim
     factors = list(factors)
     missing = observed_fraction is not None
-    PN, Q = residual_contractions(Y, factors, core, zeta, mode=mode, backend=backend, missing=missing)
-    if _stackable(factors) and not _needs_grad(Y, factors, core, zeta, eta):
-        return _rspace_stacked(PN, Q, factors, core, eta, 1.0 if not missing else 1.0 / observed_fraction)
-    if missing:
-        PN, Q = PN / observed_fraction, Q / observed_fraction
+    if _needs_grad(Y, factors, core, zeta, eta):
+        PN, Q = residual_contractions(Y, factors, core, zeta, mode=mode, backend=backend, missing=missing)
+        if missing:
+            PN, Q = PN / observed_fraction, Q / observed_fraction
+        T, C = _grad_tensors(PN, Q, factors, N)  # T_i = R x_{j != i} U_j^T; core gradient C = R x_all U^T
+    else:
+        T = residual_gradients(Y, core, factors, zeta, mode=mode, backend=backend, missing=missing,
+                               contract_precision=STEP_CONTRACT_PRECISION)
+        C = _core_gradient(T[-1], factors[-1])
+        scale = 1.0 if not missing else 1.0 / observed_fraction
+        if _stackable(factors):
+            return _rspace_stacked(T, C, factors, core, eta, scale)
+        if missing:
+            T, C = [t * scale for t in T], C * scale
     # small tensors only from here on
     small = "torch"
-    T, C = _grad_tensors(PN, Q, factors, N)  # T_i = R x_{j != i} U_j^T; core gradient C = R x_all U^T
     W = [U.t() @ U for U in factors]  # U_i^T U_i
     eye = [torch.eye(w.shape[0], dtype=w.dtype, device=w.device) for w in W]
     new_factors = []
@@ -281,11 +289,9 @@ def _stackable(factors) -> bool:
     return len(factors) >= 2 and all(U.shape == factors[0].shape for U in factors)
 
 
-def _grad_tensors(PN, Q, factors, N, core_from_last: bool = False):
+def _grad_tensors(PN, Q, factors, N):
     """``T_i = R x_{j != i} U_j^T`` (``I_i`` at mode ``i``, ``r`` elsewhere) and the core gradient
-    ``C = R x_all U^T``, from the two contractions of the fused pass. ``core_from_last``: ``C`` from ``T_N`` as
-    one plain GEMM ``(r_1..r_{N-1}, I_N) @ U_N`` instead of from ``T_1`` (same value; on an H100 the GEMM with the
-    small dimension leading, ``U_1^T @ M_1(T_1)``, took ~50 us more at 512^3, rank 10)."""
+    ``C = R x_all U^T``, from the two contractions of the residual pass (the differentiable path)."""
     small = "torch"
     T = []
     for i in range(N - 1):
@@ -293,17 +299,31 @@ def _grad_tensors(PN, Q, factors, N, core_from_last: bool = False):
                                     modes=[j for j in range(N - 1) if j != i], transpose=True, backend=small))
     T.append(multi_mode_product(Q, [factors[j] for j in range(N - 2)], modes=list(range(N - 2)),
                                 transpose=True, backend=small))
-    if core_from_last:
-        U = factors[-1]
-        C = (T[-1].reshape(-1, U.shape[0]) @ U).reshape(*T[-1].shape[:-1], U.shape[1])
-    else:
-        C = multi_mode_product(T[0], [factors[0]], modes=[0], transpose=True, backend=small)
+    C = multi_mode_product(T[0], [factors[0]], modes=[0], transpose=True, backend=small)
     return T, C
+
+
+def _core_gradient(T_last: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """``C = T_N x_N U_N^T`` as one plain GEMM ``(r_1..r_{N-1}, I_N) @ U_N`` (on an H100 the GEMM with the small
+    dimension leading, ``U_1^T @ M_1(T_1)``, took ~50 us more at 512^3, rank 10)."""
+    return (T_last.reshape(-1, U.shape[0]) @ U).reshape(*T_last.shape[:-1], U.shape[1])
 
 
 #: the batched r-space path forms the Kronecker product of the other modes' ``U_j^T U_j`` (``r^(N-1)`` square)
 #: up to this many entries per mode (else the grams go through per-mode products)
 KRON_MAX_ENTRIES = 1 << 20
+
+
+def _as_stacked(factors) -> torch.Tensor:
+    """The ``(N, I, r)`` stack of ``factors``: the tensor they are views of when they are its ``unbind`` (as the
+    factors of :class:`_GraphStep` and of :func:`_rspace_stacked`'s result are; no copy), else a new stack."""
+    b = factors[0]._base
+    if (b is not None and b.ndim == 3 and b.shape[0] == len(factors) and b.is_contiguous()
+            and all(U._base is b and U.shape == b.shape[1:] and U.stride() == b.stride()[1:]
+                    and U.data_ptr() == b.data_ptr() + i * b.stride(0) * b.element_size()
+                    for i, U in enumerate(factors))):
+        return b
+    return torch.stack(factors)
 
 
 def _kron_others(W: torch.Tensor) -> torch.Tensor | None:
@@ -322,7 +342,7 @@ def _kron_others(W: torch.Tensor) -> torch.Tensor | None:
     return K
 
 
-def _rspace_stacked(PN, Q, factors, core, eta, scale: float):
+def _rspace_stacked(T, C, factors, core, eta, scale: float):
     """The r-space part of :func:`scaledgd_step` for factors of one shape ``(I, r)``: the same update, batched
     over the modes: the ``N`` factor gradients and the ``N`` grams ``Ub_i^T Ub_i = M_i(G) K_i^T M_i(G)^T`` as
     batched products, the ``N`` factor preconditioners and the ``N`` core ones ``(U_i^T U_i)^{-1}`` inverted in
@@ -330,10 +350,11 @@ def _rspace_stacked(PN, Q, factors, core, eta, scale: float):
     about a third of the launches of the per-mode loop). ``scale``: ``1/p`` with missing entries (the
     rescaling of the residual, applied to the step instead)."""
     N = core.ndim
-    T, C = _grad_tensors(PN, Q, factors, N, core_from_last=True)
-    Us = torch.stack(factors)  # (N, I, r)
-    Gst = torch.stack([unfold(core, i) for i in range(N)])  # (N, r, r^(N-1))
-    grads = torch.bmm(torch.stack([unfold(T[i], i) for i in range(N)]), Gst.transpose(1, 2))  # M_i(R) Ub_i
+    Us = _as_stacked(factors)  # (N, I, r)
+    # the unfoldings, stacked: one copy kernel each (stack of the moved views, then a free reshape)
+    Gst = torch.stack([core.movedim(i, 0) for i in range(N)]).reshape(N, core.shape[0], -1)  # (N, r, r^(N-1))
+    MT = torch.stack([T[i].movedim(i, 0) for i in range(N)]).reshape(N, Us.shape[1], -1)  # M_i(T_i)
+    grads = torch.bmm(MT, Gst.transpose(1, 2))  # M_i(R) Ub_i
     W = torch.bmm(Us.transpose(1, 2), Us)  # U_i^T U_i
     K = _kron_others(W)
     if K is not None:
@@ -380,7 +401,7 @@ def _inner_products_stacked(fo, co, fn, cn):
     """``(<X_o, X_o>, <X_n, X_n>, <X_o, X_n>)`` (float64) for factors of one shape, as one batched contraction
     (a handful of kernels, where three :func:`tucker_inner` calls take ~45)."""
     N = co.ndim
-    Uo, Un = torch.stack(fo).double(), torch.stack(fn).double()
+    Uo, Un = _as_stacked(fo).double(), _as_stacked(fn).double()
     r = Uo.shape[2]
     Ms = torch.bmm(torch.cat([Uo, Un, Uo]).transpose(1, 2), torch.cat([Uo, Un, Un])).view(3, N, r, r)  # U_a^T U_b
     ca = torch.stack([co, cn, co]).double()
@@ -404,10 +425,16 @@ class _GraphStep:
     :meth:`rollback` undoes the one speculative step, and the result is the same as stepping one at a time."""
 
     def __init__(self, Y, factors, core, zeta, eta, mode, backend, observed_fraction=None):
-        self.f = [U.clone() for U in factors]
-        self.c = core.clone()
-        self.prev_f = [U.clone() for U in factors]
-        self.prev_c = core.clone()
+        if _stackable(factors):  # views of one (N, I, r) buffer: the batched step stacks nothing
+            self._bufs = [torch.stack(list(factors)), core.clone(), torch.stack(list(factors)), core.clone()]
+            self.f, self.prev_f = list(self._bufs[0].unbind(0)), list(self._bufs[2].unbind(0))
+            self.c, self.prev_c = self._bufs[1], self._bufs[3]
+        else:
+            self.f = [U.clone() for U in factors]
+            self.c = core.clone()
+            self.prev_f = [U.clone() for U in factors]
+            self.prev_c = core.clone()
+            self._bufs = self.f + [self.c] + self.prev_f + [self.prev_c]
         self.zeta = torch.full((1,), float(zeta), dtype=Y.dtype, device=Y.device)
         run = lambda: self._body(Y, eta, mode, backend, observed_fraction)  # noqa: E731 (not kept: no ref to Y)
         s = torch.cuda.Stream()
@@ -425,15 +452,23 @@ class _GraphStep:
 
     def reset(self, factors, core, zeta) -> None:
         """Start again from ``(factors, core)`` at threshold ``zeta`` (a cached graph serving a new call)."""
-        _copy_all(self.f + [self.c], list(factors) + [core])
+        _copy_all(self.f + [self.c], list(factors) + [core])  # (into the views of a stacked buffer, if so)
         self.zeta.fill_(float(zeta))
 
+    def _cur(self) -> list:
+        """The buffers of the current iterate (the stacked factors and the core, or each factor and the core)."""
+        return self._bufs[: len(self._bufs) // 2]
+
+    def _prev(self) -> list:
+        return self._bufs[len(self._bufs) // 2:]
+
     def _body(self, Y, eta, mode, backend, observed_fraction):
-        _copy_all(self.prev_f + [self.prev_c], self.f + [self.c])
+        _copy_all(self._prev(), self._cur())
         new_f, new_c = scaledgd_step(Y, self.f, self.c, self.zeta, eta, mode=mode, backend=backend,
                                      observed_fraction=observed_fraction)
         change = relative_change((self.f, self.c), (new_f, new_c))
-        _copy_all(self.f + [self.c], list(new_f) + [new_c])
+        new = [_as_stacked(new_f), new_c] if len(self._bufs) == 4 else list(new_f) + [new_c]
+        _copy_all(self._cur(), new)
         return change
 
     def __call__(self, zeta: float) -> float:
@@ -456,7 +491,7 @@ class _GraphStep:
 
     def rollback(self) -> None:
         """Undo the last queued step (stream-ordered after it)."""
-        _copy_all(self.f + [self.c], self.prev_f + [self.prev_c])
+        _copy_all(self._cur(), self._prev())
 
 
 def _copy_all(dst: list, src: list) -> None:

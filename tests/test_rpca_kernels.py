@@ -64,3 +64,77 @@ def test_bad_shapes_raise():
         residual_contract(Y, H, UN, Up, -1.0)
     with pytest.raises(ValueError):
         residual_contract(Y, H, UN, Up, 0.5, mode="medium")
+
+
+def _grad_reference(Y, core, factors, zeta, mode, missing):
+    """``T_i = R x_{j != i} U_j^T`` from a float64 ``R`` formed in full (independent of both backends)."""
+    from tensorkernels import multi_mode_product
+
+    Y, core, factors = Y.double().cpu(), core.double().cpu(), [U.double().cpu() for U in factors]
+    D = Y - multi_mode_product(core, factors, backend="torch")
+    R = torch.where(D.abs() <= zeta, -D, torch.zeros_like(D)) if mode == "hard" else -D.clamp(-zeta, zeta)
+    if missing:
+        R = torch.where(Y.isnan(), torch.zeros_like(R), R)
+    N = Y.ndim
+    out = []
+    for i in range(N):
+        T = R
+        for j in range(N):
+            if j != i:
+                T = torch.tensordot(T, factors[j], dims=([j], [0])).movedim(-1, j)
+        out.append(T)
+    return out
+
+
+@triton_runs
+@pytest.mark.parametrize("shape,ranks", [
+    ((37, 53), (4, 5)),            # order 2, two I-chunks
+    ((7, 37, 53), (3, 4, 5)),
+    ((5, 6, 33, 19), (2, 3, 4, 5)),
+    ((1, 70, 300), (1, 10, 7)),     # three J-blocks and three I-chunks: both partial sums
+    ((3, 17, 300), (2, 10, 7)),
+])
+@pytest.mark.parametrize("mode", ["hard", "soft"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("missing", [False, True])
+def test_residual_gradients_match_float64_reference(shape, ranks, mode, dtype, missing):
+    """The gradient tensors of the pass that forms X from the core in the kernel (Triton, and the torch path)
+    equal R x_{j != i} U_j^T of a float64 R formed in full."""
+    pytest.importorskip("triton")
+    from tensorkernels.rpca_fused import residual_gradients
+
+    g = torch.Generator().manual_seed(sum(shape))
+    factors = [(torch.randn(n, r, generator=g, dtype=torch.float64) * 0.5).to(dtype).to(DEV)
+               for n, r in zip(shape, ranks)]
+    core = torch.randn(*ranks, generator=g, dtype=torch.float64).to(dtype).to(DEV)
+    from tensorkernels import multi_mode_product
+
+    Y = multi_mode_product(core, factors, backend="torch") + torch.randn(shape, generator=g, dtype=torch.float64).to(dtype).to(DEV)
+    if missing:
+        Y[(torch.rand(shape, generator=g) < 0.2).to(DEV)] = float("nan")
+    want = _grad_reference(Y, core, factors, 0.8, mode, missing)
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    for backend in ("triton", "torch"):
+        got = residual_gradients(Y, core, factors, 0.8, mode=mode, backend=backend, missing=missing,
+                                 contract_precision="tf32x3" if DEV == "cuda" else None)
+        assert len(got) == len(shape)
+        for i, (a, b) in enumerate(zip(got, want)):
+            assert a.shape == b.shape == tuple(shape[i] if j == i else ranks[j] for j in range(len(shape)))
+            assert a.dtype == dtype
+            assert float((a.double().cpu() - b).abs().max() / b.abs().max()) < tol, (backend, i)
+
+
+def test_residual_gradients_bad_input_raises():
+    from tensorkernels.rpca_fused import residual_gradients
+
+    Y = torch.randn(5, 6, 7, dtype=torch.float64)
+    f = [torch.randn(n, 2, dtype=torch.float64) for n in (5, 6, 7)]
+    c = torch.randn(2, 2, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="factor shapes"):
+        residual_gradients(Y, c, [f[0], f[1], f[1]], 0.5)
+    with pytest.raises(ValueError, match="order"):
+        residual_gradients(Y, c, f[:2], 0.5)
+    with pytest.raises(ValueError, match="zeta"):
+        residual_gradients(Y, c, f, -1.0)
+    with pytest.raises(ValueError, match="mode"):
+        residual_gradients(Y, c, f, 0.5, mode="medium")
