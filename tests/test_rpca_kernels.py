@@ -138,3 +138,29 @@ def test_residual_gradients_bad_input_raises():
         residual_gradients(Y, c, f, -1.0)
     with pytest.raises(ValueError, match="mode"):
         residual_gradients(Y, c, f, 0.5, mode="medium")
+
+
+@triton_runs
+@pytest.mark.parametrize("I,r,dtype", [(37, 3, torch.float32), (64, 10, torch.float32), (50, 16, torch.float64),
+                                       (5, 1, torch.float64), (33, 7, torch.float64)])
+def test_tucker_change_kernel_matches_the_per_mode_change(I, r, dtype):
+    """The one-kernel relative change of order-3 iterates equals the float64 change computed from three separate
+    Tucker inner products (tucker_inner), for moves of 1e-3 and of order 1."""
+    pytest.importorskip("triton")
+    from tensorrpca.scaledgd import relative_change, tucker_inner
+
+    g = torch.Generator().manual_seed(I * r)
+    for move in (1e-3, 1.0):
+        Uo = torch.randn(3, I, r, generator=g, dtype=torch.float64)
+        Un = Uo + move * torch.randn(3, I, r, generator=g, dtype=torch.float64)
+        co = torch.randn(r, r, r, generator=g, dtype=torch.float64)
+        cn = co + move * torch.randn(r, r, r, generator=g, dtype=torch.float64)
+        Uo, Un, co, cn = (t.to(dtype).to(DEV) for t in (Uo, Un, co, cn))
+        fo, fn = list(Uo.unbind(0)), list(Un.unbind(0))
+        aa, bb, ab = (float(tucker_inner(*x)) for x in ((co, fo, co, fo), (cn, fn, cn, fn), (co, fo, cn, fn)))
+        want = max(aa + bb - 2 * ab, 0.0) ** 0.5 / aa ** 0.5
+        got = relative_change((fo, co), (fn, cn), backend="triton")
+        assert got.dtype == torch.float64 and got.ndim == 0
+        assert abs(float(got) - want) < 1e-9 * want, (float(got), want)
+        # the torch path (batched einsum) agrees too
+        assert abs(float(relative_change((fo, co), (fn, cn), backend="torch")) - want) < 1e-9 * want
