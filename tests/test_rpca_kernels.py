@@ -164,3 +164,32 @@ def test_tucker_change_kernel_matches_the_per_mode_change(I, r, dtype):
         assert abs(float(got) - want) < 1e-9 * want, (float(got), want)
         # the torch path (batched einsum) agrees too
         assert abs(float(relative_change((fo, co), (fn, cn), backend="torch")) - want) < 1e-9 * want
+
+
+@triton_runs
+@pytest.mark.parametrize("shape,ranks", [((12, 12, 12), (3, 3, 3)), ((20, 20, 20), (10, 10, 10)),
+                                         ((9, 9, 9), (1, 1, 1)), ((40, 40, 40), (16, 16, 16))])
+def test_one_kernel_rspace_end_equals_the_torch_step(shape, ranks):
+    """On Triton an order-3 cube's step ends in one kernel (float64 Grams, Gauss-Jordan inverses, both updates and
+    the relative change); in float64 it gives the torch batched step (LU inverses) to 1e-10, with and without
+    missing entries and with the step size as a tensor, and its change is relative_change's."""
+    pytest.importorskip("triton")
+    import tensorrpca.scaledgd as sg
+    from tensorrpca.synthetic import synthetic_rpca
+
+    p = synthetic_rpca(shape, ranks, kappa=3, alpha=0.1, seed=3, dtype=torch.float64, device=DEV)
+    f, c = sg.spectral_init(p.Y, ranks, 5.0)
+    f = [U + 0.01 * torch.randn(U.shape, generator=torch.Generator().manual_seed(i), dtype=U.dtype).to(DEV)
+         for i, U in enumerate(f)]
+    obs = (torch.rand(shape, generator=torch.Generator().manual_seed(5)) > 0.3).to(DEV)
+    Ym = p.Y.masked_fill(~obs, float("nan"))
+    for Y, frac in ((p.Y, None), (Ym, float(obs.double().mean()))):
+        for eta in (0.5, torch.tensor(0.5, dtype=torch.float64, device=DEV)):
+            fa, ca, cha = sg._step(Y, f, c, 1.0, eta, backend="triton", observed_fraction=frac)
+            fb, cb, chb = sg._step(Y, f, c, 1.0, eta, backend="torch", observed_fraction=frac)
+            assert cha is not None and chb is None  # the kernel path ran (and the torch one did not)
+            torch.testing.assert_close(ca, cb, rtol=1e-10, atol=1e-12)
+            for a, b in zip(fa, fb):
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+            ref = float(sg.relative_change((f, c), (fb, cb), backend="torch"))
+            assert ref > 1e-4 and abs(float(cha) - ref) < 1e-9 * ref
