@@ -368,7 +368,7 @@ def _rspace_stacked(T, C, factors, core, eta, scale: float, backend: str | None 
     grads = torch.bmm(MT, Gst.transpose(1, 2))  # M_i(R) Ub_i
     e = eta * scale
     if N == 3 and resolve_backend(backend, Us, core) == "triton" and core.shape[0] <= _change_max_rank():
-        from tensorkernels._triton_tucker_change import triton_rspace_tail
+        from tensorkernels._triton_rspace import triton_rspace_tail
 
         new_Us, new_core, change = triton_rspace_tail(Us, core, grads, C, e)
         return list(new_Us.unbind(0)), new_core, change
@@ -402,11 +402,11 @@ def relative_change(old: tuple, new: tuple, backend: str | None = None) -> torch
     """``||X_new - X_old||_F / ||X_old||_F`` for Tucker ``(factors, core)`` pairs, exact in r-space (float64).
 
     ``backend``: see :mod:`tensorkernels`; on Triton, order-3 iterates with factors of one shape and ranks <= 16
-    take one kernel (:mod:`tensorkernels._triton_tucker_change`) instead of ~25 small torch ops."""
+    take one kernel (:mod:`tensorkernels._triton_rspace`) instead of ~25 small torch ops."""
     (fo, co), (fn, cn) = old, new
     if _stackable(list(fo) + list(fn)) and 2 * co.ndim <= len(_LETTERS) and not _needs_grad(fo, co, fn, cn):
         if co.ndim == 3 and resolve_backend(backend, co, cn, *fo, *fn) == "triton" and co.shape[0] <= _change_max_rank():
-            from tensorkernels._triton_tucker_change import triton_tucker_relative_change
+            from tensorkernels._triton_rspace import triton_tucker_relative_change
 
             return triton_tucker_relative_change(_as_stacked(list(fo)), co, _as_stacked(list(fn)), cn)
         aa, bb, ab = _inner_products_stacked(list(fo), co, list(fn), cn)
@@ -418,7 +418,7 @@ def relative_change(old: tuple, new: tuple, backend: str | None = None) -> torch
 
 
 def _change_max_rank() -> int:
-    from tensorkernels._triton_tucker_change import MAX_RANK
+    from tensorkernels._triton_rspace import MAX_RANK
 
     return MAX_RANK
 

@@ -1,8 +1,11 @@
-"""Triton kernel for :func:`tensorkernels.tucker_change.tucker_relative_change` (order 3, ranks <= 16).
+"""Triton kernels for the r-space end of a ScaledGD step on an order-3 cube (ranks <= 16), one program each.
 
-One program: the float64 cross-Gram matrices ``U_a^T U_b`` of the two iterates' factors (walked in ``BI``-row
-chunks), then the three inner products ``<G_a, G_b x_1 M_1 x_2 M_2 x_3 M_3>`` on the zero-padded ``(RP, RP, RP)``
-cores in registers, then the relative change: one launch where the torch path takes about 25.
+* :func:`triton_tucker_relative_change`: the float64 cross-Gram matrices ``U_a^T U_b`` of two iterates' factors
+  (walked in ``BI``-row chunks), the three inner products ``<G_a, G_b x_1 M_1 x_2 M_2 x_3 M_3>`` on the
+  zero-padded ``(RP, RP, RP)`` cores in registers, and the relative change: one launch where the torch path
+  takes about 25.
+* :func:`triton_rspace_tail`: everything of a step after the factor gradients (Grams, preconditioners, both
+  updates, the relative change): one launch where the batched torch path takes about 45.
 """
 from __future__ import annotations
 
@@ -29,6 +32,20 @@ def _grams(uo_ptr, un_ptr, I, R, BI: tl.constexpr, RP: tl.constexpr):
         nn += tl.dot(tl.trans(un), un, input_precision="ieee")
         on += tl.dot(uot, un, input_precision="ieee")
     return oo, nn, on
+
+
+@triton.jit
+def _gram1(u_ptr, I, R, BI: tl.constexpr, RP: tl.constexpr):
+    """``U^T U`` in float64 (``(I, R)`` row-major)."""
+    offs_r = tl.arange(0, RP)
+    mask_r = offs_r < R
+    acc = tl.zeros((RP, RP), dtype=tl.float64)
+    for i0 in range(0, I, BI):
+        offs_i = i0 + tl.arange(0, BI)
+        m = (offs_i < I)[:, None] & mask_r[None, :]
+        u = tl.load(u_ptr + offs_i[:, None] * R + offs_r[None, :], mask=m, other=0.0).to(tl.float64)
+        acc += tl.dot(tl.trans(u), u, input_precision="ieee")
+    return acc
 
 
 @triton.jit
@@ -146,9 +163,9 @@ def _rspace_tail_kernel(us_ptr, g_ptr, gr_ptr, c_ptr, nus_ptr, ng_ptr, ch_ptr, e
                         BI: tl.constexpr, RP: tl.constexpr):
     e = tl.load(e_ptr)  # float64 in memory (a float kernel argument would be float32)
     # U_m^T U_m (float64; the old iterate's Gram for the relative change too)
-    w0, _a0, _b0 = _grams(us_ptr, us_ptr, I, R, BI, RP)
-    w1, _a1, _b1 = _grams(us_ptr + I * R, us_ptr + I * R, I, R, BI, RP)
-    w2, _a2, _b2 = _grams(us_ptr + 2 * I * R, us_ptr + 2 * I * R, I, R, BI, RP)
+    w0 = _gram1(us_ptr, I, R, BI, RP)
+    w1 = _gram1(us_ptr + I * R, I, R, BI, RP)
+    w2 = _gram1(us_ptr + 2 * I * R, I, R, BI, RP)
     G = _load3(g_ptr, R, RP)
     rows = tl.arange(0, RP)[:, None]
     cols = tl.arange(0, RP)[None, :]
