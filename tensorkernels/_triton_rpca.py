@@ -213,7 +213,7 @@ def triton_residual_contract(Y, H, UN, Uprev, zeta, mode: str, precision: str | 
 
 def triton_residual_parts(Y, Gp, UN, Uprev, zeta, mode: str, precision: str | None = None,
                           config: tuple | None = None, missing: bool = False,
-                          contract_precision: str | None = None):
+                          contract_precision: str | None = None, fuse_h: bool = True, want_v: bool = True):
     """The fused pass with ``X = U_prev Gp[p] U_N^T`` formed in the kernel (no ``H`` in memory) and a third
     contraction ``V = U_prev^T R U_N``; the partial sums are left for the caller, laid out for one GEMM over
     ``P``.
@@ -227,6 +227,9 @@ def triton_residual_parts(Y, Gp, UN, Uprev, zeta, mode: str, precision: str | No
         ``p``, the ``nJ`` J-block partials of ``PN[p]`` (``(I, r_N)`` each) followed by the ``n_chunks``
         I-chunk partials of ``Q[p]`` (``(r_prev, J)`` each); ``V`` ``(n_chunks * nJ, P, r_prev, r_N)`` holds
         the partials of ``V``. ``PN = sum`` of the first blocks, ``Q`` and ``V`` likewise.
+
+    ``fuse_h=False``: ``Gp`` is ``H`` ``(P, I, r_N)`` as in :func:`triton_residual_contract`; ``want_v=False``:
+    no ``V`` (``None``). (Variants for tuning.)
     """
     Y, Gp, UN, Uprev = (t.contiguous() for t in (Y, Gp, UN, Uprev))
     P, I, J = Y.shape
@@ -234,13 +237,14 @@ def triton_residual_parts(Y, Gp, UN, Uprev, zeta, mode: str, precision: str | No
     nJ, chunk, n_chunks, zt, meta = _plan(Y, UN, Uprev, zeta, precision, config, contract_precision)
     L = nJ * I * RN + n_chunks * RP * J
     Z = torch.empty((P, L), dtype=Y.dtype, device=Y.device)
-    V = torch.empty((n_chunks * nJ, P, RP, RN), dtype=Y.dtype, device=Y.device)
+    V = torch.empty((n_chunks * nJ, P, RP, RN), dtype=Y.dtype, device=Y.device) if want_v else None
     if Y.numel() == 0:
         Z.zero_()
-        V.zero_()
+        if V is not None:
+            V.zero_()
         return Z, V, nJ, n_chunks
     _residual_contract_kernel[(P, nJ, n_chunks)](
-        Y, Gp, UN, Uprev, Z, Z[:, nJ * I * RN:], V, P, I, J, RN, RP, chunk, zt, I * RN, L, RP * J, L,
-        SOFT=(mode == "soft"), MISSING=bool(missing), FUSE_H=True, WANT_V=True, **meta,
+        Y, Gp, UN, Uprev, Z, Z[:, nJ * I * RN:], V if want_v else Z, P, I, J, RN, RP, chunk, zt, I * RN, L,
+        RP * J, L, SOFT=(mode == "soft"), MISSING=bool(missing), FUSE_H=bool(fuse_h), WANT_V=bool(want_v), **meta,
     )
     return Z, V, nJ, n_chunks

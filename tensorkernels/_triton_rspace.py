@@ -77,6 +77,8 @@ def _tucker_change_kernel(uo_ptr, un_ptr, co_ptr, cn_ptr, out_ptr, I, R, BI: tl.
 
 #: largest rank the kernel takes (the padded cores live in registers)
 MAX_RANK = 16
+#: rows of a factor per chunk in the kernels' walks over ``I``
+BLOCK_I = 128
 
 
 def triton_tucker_relative_change(Uo: torch.Tensor, co: torch.Tensor, Un: torch.Tensor, cn: torch.Tensor) -> torch.Tensor:
@@ -86,7 +88,7 @@ def triton_tucker_relative_change(Uo: torch.Tensor, co: torch.Tensor, Un: torch.
     I, R = Uo.shape[1], Uo.shape[2]
     out = torch.empty((), dtype=torch.float64, device=Uo.device)
     RP = max(16, triton.next_power_of_2(R))
-    _tucker_change_kernel[(1,)](Uo, Un, co, cn, out, I, R, BI=32, RP=RP, num_warps=8)
+    _tucker_change_kernel[(1,)](Uo, Un, co, cn, out, I, R, BI=BLOCK_I, RP=RP, num_warps=8)
     return out
 
 
@@ -219,5 +221,5 @@ def triton_rspace_tail(Us: torch.Tensor, G: torch.Tensor, grads: torch.Tensor, C
     else:
         e_t = torch.full((1,), float(e), dtype=torch.float64, device=Us.device)
     _rspace_tail_kernel[(1,)](Us, G, grads, C, new_Us, new_G, change, e_t, I, R,
-                              BI=32, RP=max(16, triton.next_power_of_2(R)), num_warps=8)
+                              BI=BLOCK_I, RP=max(16, triton.next_power_of_2(R)), num_warps=8)
     return new_Us, new_G, change

@@ -349,6 +349,11 @@ def _kron_others(W: torch.Tensor) -> torch.Tensor | None:
     return K
 
 
+#: on Triton, end an order-3 cube's step (ranks <= 16) in one kernel (:func:`triton_rspace_tail`) instead of the
+#: batched torch ops
+RSPACE_KERNEL = True
+
+
 def _rspace_stacked(T, C, factors, core, eta, scale: float, backend: str | None = None):
     """The r-space part of :func:`scaledgd_step` for factors of one shape ``(I, r)``: the same update, batched
     over the modes: the ``N`` factor gradients and the ``N`` grams ``Ub_i^T Ub_i = M_i(G) K_i^T M_i(G)^T`` as
@@ -367,7 +372,8 @@ def _rspace_stacked(T, C, factors, core, eta, scale: float, backend: str | None 
     MT = torch.stack([T[i].movedim(i, 0) for i in range(N)]).reshape(N, Us.shape[1], -1)  # M_i(T_i)
     grads = torch.bmm(MT, Gst.transpose(1, 2))  # M_i(R) Ub_i
     e = eta * scale
-    if N == 3 and resolve_backend(backend, Us, core) == "triton" and core.shape[0] <= _change_max_rank():
+    if (RSPACE_KERNEL and N == 3 and resolve_backend(backend, Us, core) == "triton"
+            and core.shape[0] <= _change_max_rank()):
         from tensorkernels._triton_rspace import triton_rspace_tail
 
         new_Us, new_core, change = triton_rspace_tail(Us, core, grads, C, e)
@@ -405,7 +411,8 @@ def relative_change(old: tuple, new: tuple, backend: str | None = None) -> torch
     take one kernel (:mod:`tensorkernels._triton_rspace`) instead of ~25 small torch ops."""
     (fo, co), (fn, cn) = old, new
     if _stackable(list(fo) + list(fn)) and 2 * co.ndim <= len(_LETTERS) and not _needs_grad(fo, co, fn, cn):
-        if co.ndim == 3 and resolve_backend(backend, co, cn, *fo, *fn) == "triton" and co.shape[0] <= _change_max_rank():
+        if (CHANGE_KERNEL and co.ndim == 3 and resolve_backend(backend, co, cn, *fo, *fn) == "triton"
+                and co.shape[0] <= _change_max_rank()):
             from tensorkernels._triton_rspace import triton_tucker_relative_change
 
             return triton_tucker_relative_change(_as_stacked(list(fo)), co, _as_stacked(list(fn)), cn)
@@ -415,6 +422,10 @@ def relative_change(old: tuple, new: tuple, backend: str | None = None) -> torch
         bb = tucker_inner(cn, fn, cn, fn)
         ab = tucker_inner(co, fo, cn, fn)
     return (aa + bb - 2 * ab).clamp_min(0).sqrt() / aa.sqrt().clamp_min(torch.finfo(torch.float64).tiny)
+
+
+#: on Triton, the relative change of order-3 cubes (ranks <= 16) in one kernel (else the batched einsum)
+CHANGE_KERNEL = True
 
 
 def _change_max_rank() -> int:
