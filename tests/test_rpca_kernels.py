@@ -97,11 +97,18 @@ def _grad_reference(Y, core, factors, zeta, mode, missing):
 @pytest.mark.parametrize("mode", ["hard", "soft"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("missing", [False, True])
-def test_residual_gradients_match_float64_reference(shape, ranks, mode, dtype, missing):
-    """The gradient tensors of the pass that forms X from the core in the kernel (Triton, and the torch path)
-    equal R x_{j != i} U_j^T of a float64 R formed in full."""
+@pytest.mark.parametrize("fuse_h,want_v", [(True, True), (False, False), (True, False), (False, True)])
+def test_residual_gradients_match_float64_reference(shape, ranks, mode, dtype, missing, fuse_h, want_v,
+                                                    monkeypatch):
+    """The gradient tensors of the fused pass (Triton, with X formed from the core in the kernel or read from H,
+    with or without the V contraction; and the torch path) equal R x_{j != i} U_j^T of a float64 R formed in
+    full."""
     pytest.importorskip("triton")
+    import tensorkernels.rpca_fused as rf
     from tensorkernels.rpca_fused import residual_gradients
+
+    monkeypatch.setattr(rf, "FUSE_H", fuse_h)
+    monkeypatch.setattr(rf, "WANT_V", want_v)
 
     g = torch.Generator().manual_seed(sum(shape))
     factors = [(torch.randn(n, r, generator=g, dtype=torch.float64) * 0.5).to(dtype).to(DEV)
