@@ -23,7 +23,6 @@ seconds are skipped (and say so).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -157,19 +156,15 @@ def tensorly_gpu(Y, X, grid, n_iter_max=100):
     return best, sweep
 
 
-def apply_switches(path) -> dict:
-    """Set the ScaledGD step's switches from a JSON file (see ``--switches``); return the switches in force."""
-    import tensorkernels._triton_rspace as trs
-    import tensorkernels.rpca_fused as rf
-    import tensorrpca.scaledgd as sg
-
-    where = {"FUSE_H": rf, "WANT_V": rf, "RSPACE_KERNEL": sg, "CHANGE_KERNEL": sg, "BLOCK_I": trs}
-    if path:
-        with open(path) as fh:
-            data = json.load(fh)
-        for k, v in data.get("switches", data).items():
-            setattr(where[k], k, v)
-    return {k: getattr(m, k) for k, m in where.items()}
+def graphed(fn):
+    """``fn`` captured in a CUDA graph (after a warm-up call): a replay runs its kernels without the Python launch
+    overhead, which would otherwise dominate the timing of a chain of small kernels."""
+    fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return g.replay
 
 
 def main(argv=None) -> int:
@@ -183,11 +178,7 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=140.0, help="skip the remaining sections after this many s")
     ap.add_argument("--smoke", action="store_true", help="tiny problem on CPU (checks the script runs)")
     ap.add_argument("--out", default=None)
-    ap.add_argument("--switches", default=None,
-                    help="JSON file of step switches to run with (FUSE_H, WANT_V, RSPACE_KERNEL, CHANGE_KERNEL, "
-                         "BLOCK_I), as benchmarks/_tune_rpca_kernel.py --variant-out writes; default: the code's")
     args = ap.parse_args(argv)
-    switches = apply_switches(args.switches)
     t_start = time.perf_counter()
     cuda = torch.cuda.is_available() and not args.smoke
     dev = "cuda" if cuda else "cpu"
@@ -202,7 +193,6 @@ def main(argv=None) -> int:
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = False
     env = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "ranks": ranks, "sizes": sizes,
-           "step_switches": switches,
            "default_params": vars(default_params()), "torch": torch.__version__}
     try:
         import tensorrpca.scaledgd as sg
@@ -378,9 +368,11 @@ def main(argv=None) -> int:
                 with contract_precision(prec):
                     got = residual_gradients(Y, core, factors, zeta, backend="triton")
                     e = max(maxrel(g, w) for g, w in zip(got, refT))
-                    t = bench(lambda: residual_gradients(Y, core, factors, zeta, backend="triton"), repeat=rep)
-                it_t.add([n, f"gradient tensors T_i (fused pass forming X from the core, + GEMM), contractions "
-                             f"{prec}", t * 1e3, t / floor, f"max rel. err vs fp64 {e:.1e}"])
+                    fn = lambda: residual_gradients(Y, core, factors, zeta, backend="triton")  # noqa: E731
+                    t = bench(graphed(fn) if cuda else fn, repeat=rep)
+                it_t.add([n, f"gradient tensors T_i (H, fused pass, one GEMM over the leading modes, partial sums; "
+                             f"in a CUDA graph), contractions {prec}", t * 1e3, t / floor,
+                          f"max rel. err vs fp64 {e:.1e}"])
                 parts[f"grads_{prec}_s"] = t
                 parts[f"grads_{prec}_maxrel"] = e
             del refT

@@ -4,7 +4,8 @@ Grid ``(P, J / BJ, I-chunks)``. A program owns the slab ``Y[p, i0:i1, j0:j0+BJ]`
 ``BI x BJ`` tiles: ``X = H[p, i-tile, :] @ U_N[j-block, :]^T`` (a K = r_N dot), ``R`` thresholded in
 registers, ``PN`` tile ``= R @ U_N[j-block]`` written (a partial sum over the J-blocks), and
 ``Q += U_prev[i-tile]^T @ R`` kept in registers and written once (a partial sum over the I-chunks).
-Partials are summed by the caller (no atomics, deterministic).
+Partials are summed by the caller (no atomics, deterministic); where they go is set by strides, so that
+:func:`triton_residual_parts` can lay them out for one GEMM over the leading modes.
 """
 from __future__ import annotations
 
@@ -15,16 +16,15 @@ import triton.language as tl
 
 @triton.jit
 def _residual_contract_kernel(
-    y_ptr, h_ptr, un_ptr, up_ptr, pn_ptr, q_ptr, v_ptr,
+    y_ptr, h_ptr, un_ptr, up_ptr, pn_ptr, q_ptr,
     P, I, J, RN, RP, chunk, zeta_arg, pn_sj, pn_sp, q_sc, q_sp,
     BI: tl.constexpr, BJ: tl.constexpr, RNP: tl.constexpr, RPP: tl.constexpr,
     SOFT: tl.constexpr, PRECISION: tl.constexpr, CPREC: tl.constexpr, MISSING: tl.constexpr,
-    EMULATE_BF16: tl.constexpr, FUSE_H: tl.constexpr, WANT_V: tl.constexpr,
+    EMULATE_BF16: tl.constexpr,
 ):
     p = tl.program_id(0).to(tl.int64)
     pj = tl.program_id(1)
     pc = tl.program_id(2)
-    nJ = tl.num_programs(1)
     offs_j = pj * BJ + tl.arange(0, BJ)
     mask_j = offs_j < J
     offs_rn = tl.arange(0, RNP)
@@ -39,20 +39,8 @@ def _residual_contract_kernel(
         acc_t = tl.float64
     else:
         acc_t = tl.float32
-    if FUSE_H:
-        # X[p, i, j] = U_prev[i] @ (Gp[p] @ U_N[j]^T): the (RPP, BJ) right factor once per program
-        gp = tl.load(h_ptr + p * RP * RN + offs_rp[:, None] * RN + offs_rn[None, :],
-                     mask=mask_rp[:, None] & mask_rn[None, :], other=0.0)
-        if PRECISION == "fp64":
-            w = tl.dot(gp, unt, input_precision="ieee")
-        elif PRECISION == "native":
-            w = tl.dot(gp, unt).to(un.dtype)
-        else:
-            w = tl.dot(gp.to(tl.float32), unt.to(tl.float32), input_precision=PRECISION)
     zeta = tl.load(zeta_arg).to(acc_t)  # from memory: exact in fp64, and replayable in a CUDA graph
     q_acc = tl.zeros((RPP, BJ), dtype=acc_t)
-    if WANT_V:
-        v_acc = tl.zeros((RPP, RNP), dtype=acc_t)
     i_start = pc * chunk
     y_base = y_ptr + p * I * J
     h_base = h_ptr + p * I * RN
@@ -64,19 +52,14 @@ def _residual_contract_kernel(
                     mask=mask_i[:, None] & mask_j[None, :], other=0.0)
         up = tl.load(up_ptr + offs_i[:, None] * RP + offs_rp[None, :],
                      mask=mask_i[:, None] & mask_rp[None, :], other=0.0)
-        if FUSE_H:
-            a = up
-            b = w
-        else:
-            a = tl.load(h_base + offs_i[:, None] * RN + offs_rn[None, :],
-                        mask=mask_i[:, None] & mask_rn[None, :], other=0.0)
-            b = unt
+        h = tl.load(h_base + offs_i[:, None] * RN + offs_rn[None, :],
+                    mask=mask_i[:, None] & mask_rn[None, :], other=0.0)
         if PRECISION == "fp64":
-            x = tl.dot(a, b, input_precision="ieee")
+            x = tl.dot(h, unt, input_precision="ieee")
         elif PRECISION == "native":
-            x = tl.dot(a, b)
+            x = tl.dot(h, unt)
         else:
-            x = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PRECISION)
+            x = tl.dot(h.to(tl.float32), unt.to(tl.float32), input_precision=PRECISION)
         d = y.to(acc_t) - x
         if SOFT:
             r = -tl.minimum(tl.maximum(d, -zeta), zeta)
@@ -88,14 +71,10 @@ def _residual_contract_kernel(
         if PRECISION == "fp64":
             pn = tl.dot(r, un, input_precision="ieee")
             q_acc += tl.dot(tl.trans(up), r, input_precision="ieee")
-            if WANT_V:
-                v_acc += tl.dot(tl.trans(up), pn, input_precision="ieee")
         elif PRECISION == "native":
             rl = r.to(un.dtype)
             pn = tl.dot(rl, un)
             q_acc += tl.dot(tl.trans(up), rl)
-            if WANT_V:
-                v_acc += tl.dot(tl.trans(up), pn.to(up.dtype))
         elif CPREC == "bf16":
             # contractions of the residual on bf16 tensor cores (fp32 accumulation): their relative error
             # (~4e-3) scales with R, which goes to 0, so the fixed point is the one of the exact pass
@@ -105,28 +84,17 @@ def _residual_contract_kernel(
             if EMULATE_BF16:  # Triton's CPU interpreter miscomputes bf16 dots: same rounding, fp32 product
                 pn = tl.dot(rb.to(tl.float32), unb.to(tl.float32), input_precision="ieee")
                 q_acc += tl.dot(upb.to(tl.float32), rb.to(tl.float32), input_precision="ieee")
-                if WANT_V:
-                    v_acc += tl.dot(upb.to(tl.float32), pn.to(tl.bfloat16).to(tl.float32), input_precision="ieee")
             else:
                 pn = tl.dot(rb, unb)
                 q_acc += tl.dot(upb, rb)
-                if WANT_V:
-                    v_acc += tl.dot(upb, pn.to(tl.bfloat16))
         else:
             pn = tl.dot(r, un.to(tl.float32), input_precision=CPREC)
-            upt = tl.trans(up.to(tl.float32))
-            q_acc += tl.dot(upt, r, input_precision=CPREC)
-            if WANT_V:
-                v_acc += tl.dot(upt, pn, input_precision=CPREC)
+            q_acc += tl.dot(tl.trans(up.to(tl.float32)), r, input_precision=CPREC)
         tl.store(pn_base + offs_i[:, None] * RN + offs_rn[None, :], pn.to(pn_ptr.dtype.element_ty),
                  mask=mask_i[:, None] & mask_rn[None, :])
     q_base = q_ptr + pc.to(tl.int64) * q_sc + p * q_sp
     tl.store(q_base + offs_rp[:, None] * J + offs_j[None, :], q_acc.to(q_ptr.dtype.element_ty),
              mask=mask_rp[:, None] & mask_j[None, :])
-    if WANT_V:  # V partial (chunk pc, J-block pj): (P, RP, RN) blocks, chunk-major
-        v_base = v_ptr + ((pc * nJ + pj).to(tl.int64) * P + p) * RP * RN
-        tl.store(v_base + offs_rp[:, None] * RN + offs_rn[None, :], v_acc.to(v_ptr.dtype.element_ty),
-                 mask=mask_rp[:, None] & mask_rn[None, :])
 
 
 def _config(P: int, I: int, J: int, dtype: torch.dtype, n_sm: int, BI: int | None = None, BJ: int | None = None):
@@ -203,48 +171,37 @@ def triton_residual_contract(Y, H, UN, Uprev, zeta, mode: str, precision: str | 
     if Y.numel() == 0:
         return pn.sum(0), q.sum(0)
     _residual_contract_kernel[(P, nJ, n_chunks)](
-        Y, H, UN, Uprev, pn, q, pn, P, I, J, RN, RP, chunk, zt, P * I * RN, I * RN, P * RP * J, RP * J,
-        SOFT=(mode == "soft"), MISSING=bool(missing), FUSE_H=False, WANT_V=False, **meta,
+        Y, H, UN, Uprev, pn, q, P, I, J, RN, RP, chunk, zt, P * I * RN, I * RN, P * RP * J, RP * J,
+        SOFT=(mode == "soft"), MISSING=bool(missing), **meta,
     )
     pn = pn[0] if nJ == 1 else pn.sum(0)
     q = q[0] if n_chunks == 1 else q.sum(0)
     return pn, q
 
 
-def triton_residual_parts(Y, Gp, UN, Uprev, zeta, mode: str, precision: str | None = None,
+def triton_residual_parts(Y, H, UN, Uprev, zeta, mode: str, precision: str | None = None,
                           config: tuple | None = None, missing: bool = False,
-                          contract_precision: str | None = None, fuse_h: bool = True, want_v: bool = True):
-    """The fused pass with ``X = U_prev Gp[p] U_N^T`` formed in the kernel (no ``H`` in memory) and a third
-    contraction ``V = U_prev^T R U_N``; the partial sums are left for the caller, laid out for one GEMM over
-    ``P``.
+                          contract_precision: str | None = None):
+    """The fused pass with its partial sums left for the caller, laid out for one GEMM over ``P``.
 
     Args:
-        Y: ``(P, I, J)``; Gp: ``(P, r_prev, r_N)`` (the core times the factors of the leading modes);
-            UN: ``(J, r_N)``; Uprev: ``(I, r_prev)``; zeta, mode, missing, contract_precision: as
-            :func:`triton_residual_contract`.
+        Y: ``(P, I, J)``; H: ``(P, I, r_N)``; UN: ``(J, r_N)``; Uprev: ``(I, r_prev)``; zeta, mode, missing,
+            contract_precision: as :func:`triton_residual_contract`.
     Returns:
-        ``(Z, V, nJ, n_chunks)``: ``Z`` of shape ``(P, nJ * I * r_N + n_chunks * r_prev * J)`` holds, per row
-        ``p``, the ``nJ`` J-block partials of ``PN[p]`` (``(I, r_N)`` each) followed by the ``n_chunks``
-        I-chunk partials of ``Q[p]`` (``(r_prev, J)`` each); ``V`` ``(n_chunks * nJ, P, r_prev, r_N)`` holds
-        the partials of ``V``. ``PN = sum`` of the first blocks, ``Q`` and ``V`` likewise.
-
-    ``fuse_h=False``: ``Gp`` is ``H`` ``(P, I, r_N)`` as in :func:`triton_residual_contract`; ``want_v=False``:
-    no ``V`` (``None``). (Variants for tuning.)
+        ``(Z, nJ, n_chunks)``: ``Z`` of shape ``(P, nJ * I * r_N + n_chunks * r_prev * J)`` holds, per row ``p``,
+        the ``nJ`` J-block partials of ``PN[p]`` (``(I, r_N)`` each) followed by the ``n_chunks`` I-chunk
+        partials of ``Q[p]`` (``(r_prev, J)`` each): ``PN`` is the sum of the first blocks, ``Q`` of the others.
     """
-    Y, Gp, UN, Uprev = (t.contiguous() for t in (Y, Gp, UN, Uprev))
+    Y, H, UN, Uprev = (t.contiguous() for t in (Y, H, UN, Uprev))
     P, I, J = Y.shape
     RN, RP = UN.shape[1], Uprev.shape[1]
     nJ, chunk, n_chunks, zt, meta = _plan(Y, UN, Uprev, zeta, precision, config, contract_precision)
     L = nJ * I * RN + n_chunks * RP * J
     Z = torch.empty((P, L), dtype=Y.dtype, device=Y.device)
-    V = torch.empty((n_chunks * nJ, P, RP, RN), dtype=Y.dtype, device=Y.device) if want_v else None
     if Y.numel() == 0:
-        Z.zero_()
-        if V is not None:
-            V.zero_()
-        return Z, V, nJ, n_chunks
+        return Z.zero_(), nJ, n_chunks
     _residual_contract_kernel[(P, nJ, n_chunks)](
-        Y, Gp, UN, Uprev, Z, Z[:, nJ * I * RN:], V if want_v else Z, P, I, J, RN, RP, chunk, zt, I * RN, L,
-        RP * J, L, SOFT=(mode == "soft"), MISSING=bool(missing), FUSE_H=bool(fuse_h), WANT_V=bool(want_v), **meta,
+        Y, H, UN, Uprev, Z, Z[:, nJ * I * RN:], P, I, J, RN, RP, chunk, zt, I * RN, L, RP * J, L,
+        SOFT=(mode == "soft"), MISSING=bool(missing), **meta,
     )
-    return Z, V, nJ, n_chunks
+    return Z, nJ, n_chunks

@@ -117,10 +117,10 @@ def residual_gradients(
     Returns:
         ``T_i`` of shape ``(r_1, ..., I_i, ..., r_N)`` (``I_i`` at mode ``i``, ranks elsewhere), ``i = 1..N``.
 
-    On Triton the pass forms ``X`` from the core and factors tile by tile (no ``H`` in memory), also returns
-    ``V = R x_{N-1} U_{N-1}^T x_N U_N^T`` (``T_i`` for ``i < N - 1`` then needs only ``V``), and lays its
-    partial sums out so that one GEMM over the leading modes gives ``T_{N-1}`` and ``T_N`` together. The torch
-    path contracts :func:`residual_contract_torch`'s ``(PN, Q)`` with the factors (the same values).
+    On Triton the fused pass lays its partial sums out so that one GEMM over the leading modes gives
+    ``T_{N-1}`` and ``T_N`` together (no separate sum of ``PN``'s partials and no GEMM per tensor for them);
+    ``T_i``, ``i < N - 1``, come from ``V = PN x_{N-1} U_{N-1}^T``. The torch path contracts
+    :func:`residual_contract_torch`'s ``(PN, Q)`` with the factors (the same values).
     """
     N = Y.ndim
     factors = list(factors)
@@ -155,13 +155,6 @@ def residual_gradients(
     return _triton_residual_gradients(Y, core, factors, zeta, mode, missing, contract_precision)
 
 
-#: how the Triton path of :func:`residual_gradients` runs its pass: ``X`` formed in the kernel from the core and the
-#: factors (``True``) or read from a precomputed ``H = G x_1 U_1 .. x_{N-1} U_{N-1}`` (``False``); and whether the
-#: kernel also contracts ``V = U_{N-1}^T R U_N`` (else ``T_i``, ``i < N - 1``, come from the summed ``PN``)
-FUSE_H = True
-WANT_V = True
-
-
 def _triton_residual_gradients(Y, core, factors, zeta, mode, missing, contract_precision):
     from ._triton_rpca import triton_residual_parts
     from .tucker import multi_mode_product
@@ -172,13 +165,9 @@ def _triton_residual_gradients(Y, core, factors, zeta, mode, missing, contract_p
     rP, rN = UP.shape[1], UN.shape[1]
     Y3 = Y.reshape(-1, Y.shape[-2], Y.shape[-1])
     P, I, J = Y3.shape
-    fuse_h, want_v = FUSE_H, WANT_V
-    if fuse_h:  # Gp[p] = (G x_lead U_lead)[p]: (P, r_prev, r_N); cuBLAS (a few thousand entries)
-        Gp = multi_mode_product(core, lead, modes=lead_modes, backend="torch").reshape(P, rP, rN)
-    else:
-        Gp = multi_mode_product(core, factors[:-1], modes=list(range(N - 1))).reshape(P, I, rN)
-    Z, Vp, nJ, nC = triton_residual_parts(Y3, Gp, UN, UP, zeta, mode, missing=missing,
-                                          contract_precision=contract_precision, fuse_h=fuse_h, want_v=want_v)
+    H = multi_mode_product(core, factors[:-1], modes=list(range(N - 1))).reshape(P, I, rN)
+    Z, nJ, nC = triton_residual_parts(Y3, H, UN, UP, zeta, mode, missing=missing,
+                                      contract_precision=contract_precision)
     lead_in, lead_r = tuple(Y.shape[:-2]), tuple(core.shape[:-2])
     # one contraction of Z over the leading modes gives T_{N-1} and T_N (their partials) together
     TZ = multi_mode_product(Z.reshape(*lead_in, Z.shape[1]), lead, modes=lead_modes, transpose=True,
@@ -189,14 +178,10 @@ def _triton_residual_gradients(Y, core, factors, zeta, mode, missing, contract_p
     T_last = TZ[:, n_pn:].reshape(-1, nC, rP * J)
     T_last = T_last[:, 0] if nC == 1 else T_last.sum(1)
     T = []
-    if N > 2:
-        if Vp is not None:
-            V = Vp[0] if Vp.shape[0] == 1 else Vp.sum(0)
-        else:  # V = PN x_{N-1} U_{N-1}^T from the summed J-block partials of PN
-            PN = Z[:, :n_pn].reshape(P, nJ, I, rN)
-            PN = PN[:, 0] if nJ == 1 else PN.sum(1)
-            V = torch.matmul(UP.t(), PN)
-        V = V.reshape(*lead_in, rP, rN)
+    if N > 2:  # T_i, i < N - 1, from V = PN x_{N-1} U_{N-1}^T (PN: the sum of its J-block partials)
+        PN = Z[:, :n_pn].reshape(P, nJ, I, rN)
+        PN = PN[:, 0] if nJ == 1 else PN.sum(1)
+        V = torch.matmul(UP.t(), PN).reshape(*lead_in, rP, rN)
         for i in range(N - 2):
             T.append(multi_mode_product(V, [lead[j] for j in range(N - 2) if j != i],
                                         modes=[j for j in range(N - 2) if j != i], transpose=True,

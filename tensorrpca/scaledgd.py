@@ -30,8 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from tensorkernels import (multi_mode_product, residual_contract, resolve_backend, threshold_residual, tucker_to_tensor,
-                           unfold)
+from tensorkernels import multi_mode_product, residual_contract, threshold_residual, tucker_to_tensor, unfold
 from tensorkernels.rpca_fused import residual_contract_torch, residual_gradients
 
 from . import _init
@@ -250,12 +249,6 @@ def scaledgd_step(
             observed entries only and rescaled by ``1/p`` (as in the analysis of ScaledGD for tensor
             completion). ``None``: every entry is observed.
     """
-    return _step(Y, factors, core, zeta, eta, mode, backend, observed_fraction)[:2]
-
-
-def _step(Y, factors, core, zeta, eta, mode="hard", backend=None, observed_fraction=None):
-    """:func:`scaledgd_step`, returning ``(factors, core, change)``: ``change`` the relative change of ``X``
-    where the step computed it on the way (the one-kernel r-space end on Triton), else ``None``."""
     N = Y.ndim
     factors = list(factors)
     missing = observed_fraction is not None
@@ -270,7 +263,7 @@ def _step(Y, factors, core, zeta, eta, mode="hard", backend=None, observed_fract
         C = _core_gradient(T[-1], factors[-1])
         scale = 1.0 if not missing else 1.0 / observed_fraction
         if _stackable(factors):
-            return _rspace_stacked(T, C, factors, core, eta, scale, backend=backend)
+            return _rspace_stacked(T, C, factors, core, eta, scale)
         if missing:
             T, C = [t * scale for t in T], C * scale
     # small tensors only from here on
@@ -288,7 +281,7 @@ def _step(Y, factors, core, zeta, eta, mode="hard", backend=None, observed_fract
         new_factors.append(factors[i] - eta * step)
     Winv = [torch.linalg.solve_ex(W[i], eye[i])[0] for i in range(N)]
     new_core = core - eta * multi_mode_product(C, Winv, backend=small)
-    return new_factors, new_core, None
+    return new_factors, new_core
 
 
 def _stackable(factors) -> bool:
@@ -349,35 +342,19 @@ def _kron_others(W: torch.Tensor) -> torch.Tensor | None:
     return K
 
 
-#: on Triton, end an order-3 cube's step (ranks <= 16) in one kernel (:func:`triton_rspace_tail`) instead of the
-#: batched torch ops
-RSPACE_KERNEL = True
-
-
-def _rspace_stacked(T, C, factors, core, eta, scale: float, backend: str | None = None):
+def _rspace_stacked(T, C, factors, core, eta, scale: float):
     """The r-space part of :func:`scaledgd_step` for factors of one shape ``(I, r)``: the same update, batched
     over the modes: the ``N`` factor gradients and the ``N`` grams ``Ub_i^T Ub_i = M_i(G) K_i^T M_i(G)^T`` as
     batched products, the ``N`` factor preconditioners and the ``N`` core ones ``(U_i^T U_i)^{-1}`` inverted in
     one call, the factor updates as one ``baddbmm`` (on a GPU every small op is a kernel launch; this path has
     about a third of the launches of the per-mode loop). ``scale``: ``1/p`` with missing entries (the
-    rescaling of the residual, applied to the step instead).
-
-    Returns ``(factors, core, change)``: ``change`` is the relative change of ``X`` when the step computed it
-    (Triton, order 3, ranks <= 16: everything after ``grads`` is one kernel, :func:`triton_rspace_tail`), else
-    ``None``."""
+    rescaling of the residual, applied to the step instead)."""
     N = core.ndim
     Us = _as_stacked(factors)  # (N, I, r)
     # the unfoldings, stacked: one copy kernel each (stack of the moved views, then a free reshape)
     Gst = torch.stack([core.movedim(i, 0) for i in range(N)]).reshape(N, core.shape[0], -1)  # (N, r, r^(N-1))
     MT = torch.stack([T[i].movedim(i, 0) for i in range(N)]).reshape(N, Us.shape[1], -1)  # M_i(T_i)
     grads = torch.bmm(MT, Gst.transpose(1, 2))  # M_i(R) Ub_i
-    e = eta * scale
-    if (RSPACE_KERNEL and N == 3 and resolve_backend(backend, Us, core) == "triton"
-            and core.shape[0] <= _change_max_rank()):
-        from tensorkernels._triton_rspace import triton_rspace_tail
-
-        new_Us, new_core, change = triton_rspace_tail(Us, core, grads, C, e)
-        return list(new_Us.unbind(0)), new_core, change
     W = torch.bmm(Us.transpose(1, 2), Us)  # U_i^T U_i
     K = _kron_others(W)
     if K is not None:
@@ -388,6 +365,7 @@ def _rspace_stacked(T, C, factors, core, eta, scale: float, backend: str | None 
                                       modes=[j for j in range(N) if j != i], backend="torch"), i) @ Gst[i].t()
             for i in range(N)])
     inv = torch.linalg.inv_ex(torch.cat([grams, W]))[0]
+    e = eta * scale
     dcore = multi_mode_product(C, list(inv[N:].unbind(0)), backend="torch")
     if isinstance(e, torch.Tensor):
         new_Us = Us - e * torch.bmm(grads, inv[:N].transpose(1, 2))
@@ -395,7 +373,7 @@ def _rspace_stacked(T, C, factors, core, eta, scale: float, backend: str | None 
     else:  # one fused kernel each
         new_Us = torch.baddbmm(Us, grads, inv[:N].transpose(1, 2), alpha=-e)
         new_core = torch.add(core, dcore, alpha=-e)
-    return list(new_Us.unbind(0)), new_core, None
+    return list(new_Us.unbind(0)), new_core
 
 
 def tucker_inner(core_a, factors_a, core_b, factors_b) -> torch.Tensor:
@@ -404,34 +382,16 @@ def tucker_inner(core_a, factors_a, core_b, factors_b) -> torch.Tensor:
     return (multi_mode_product(core_b.double(), Ms, backend="torch") * core_a.double()).sum()
 
 
-def relative_change(old: tuple, new: tuple, backend: str | None = None) -> torch.Tensor:
-    """``||X_new - X_old||_F / ||X_old||_F`` for Tucker ``(factors, core)`` pairs, exact in r-space (float64).
-
-    ``backend``: see :mod:`tensorkernels`; on Triton, order-3 iterates with factors of one shape and ranks <= 16
-    take one kernel (:mod:`tensorkernels._triton_rspace`) instead of ~25 small torch ops."""
+def relative_change(old: tuple, new: tuple) -> torch.Tensor:
+    """``||X_new - X_old||_F / ||X_old||_F`` for Tucker ``(factors, core)`` pairs, exact in r-space (float64)."""
     (fo, co), (fn, cn) = old, new
     if _stackable(list(fo) + list(fn)) and 2 * co.ndim <= len(_LETTERS) and not _needs_grad(fo, co, fn, cn):
-        if (CHANGE_KERNEL and co.ndim == 3 and resolve_backend(backend, co, cn, *fo, *fn) == "triton"
-                and co.shape[0] <= _change_max_rank()):
-            from tensorkernels._triton_rspace import triton_tucker_relative_change
-
-            return triton_tucker_relative_change(_as_stacked(list(fo)), co, _as_stacked(list(fn)), cn)
         aa, bb, ab = _inner_products_stacked(list(fo), co, list(fn), cn)
     else:
         aa = tucker_inner(co, fo, co, fo)
         bb = tucker_inner(cn, fn, cn, fn)
         ab = tucker_inner(co, fo, cn, fn)
     return (aa + bb - 2 * ab).clamp_min(0).sqrt() / aa.sqrt().clamp_min(torch.finfo(torch.float64).tiny)
-
-
-#: on Triton, the relative change of order-3 cubes (ranks <= 16) in one kernel (else the batched einsum)
-CHANGE_KERNEL = True
-
-
-def _change_max_rank() -> int:
-    from tensorkernels._triton_rspace import MAX_RANK
-
-    return MAX_RANK
 
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyABCDEFGHIJKLMNOPQRSTUVWXYZ"  # einsum indices ("z": the batch)
@@ -504,10 +464,9 @@ class _GraphStep:
 
     def _body(self, Y, eta, mode, backend, observed_fraction):
         _copy_all(self._prev(), self._cur())
-        new_f, new_c, change = _step(Y, self.f, self.c, self.zeta, eta, mode=mode, backend=backend,
+        new_f, new_c = scaledgd_step(Y, self.f, self.c, self.zeta, eta, mode=mode, backend=backend,
                                      observed_fraction=observed_fraction)
-        if change is None:
-            change = relative_change((self.f, self.c), (new_f, new_c), backend=backend)
+        change = relative_change((self.f, self.c), (new_f, new_c))
         new = [_as_stacked(new_f), new_c] if len(self._bufs) == 4 else list(new_f) + [new_c]
         _copy_all(self._cur(), new)
         return change
@@ -881,11 +840,9 @@ def rpca(
             else:
                 for k in range(int(max_iter)):
                     zeta = zeta_at(k)
-                    *new, change = _step(Yt, factors, core, zeta, p.eta, mode=threshold, backend=backend,
-                                         observed_fraction=frac_obs)
-                    if change is None:
-                        change = relative_change((factors, core), new, backend=backend)
-                    change = float(change)
+                    new = scaledgd_step(Yt, factors, core, zeta, p.eta, mode=threshold, backend=backend,
+                                        observed_fraction=frac_obs)
+                    change = float(relative_change((factors, core), new))
                     factors, core = new
                     if callback is not None:
                         callback(k + 1, factors, core if not shift else _ldexp(core, -shift))
