@@ -360,8 +360,8 @@ def main(argv=None) -> int:
                           f"max rel. err vs fp64 {e:.1e}"])
                 parts[f"pass_{prec}_s"] = t
                 parts[f"pass_{prec}_maxrel"] = e
-            # what the step runs: the pass forming X from the core (no H in memory), plus one GEMM over the
-            # leading modes and the partial sums: every T_i = R x_{j != i} U_j^T
+            # what the step runs: the fused pass with its partials laid out for one GEMM over the leading modes,
+            # that GEMM and the partial sums: every T_i = R x_{j != i} U_j^T
             refT = residual_gradients(Y.double(), core.double(), [U.double() for U in factors], zeta,
                                       backend="torch")
             for prec in PRECISIONS:

@@ -16,8 +16,8 @@
   (computed exactly in r-space, float64) is below ``tol`` or ``max_iter`` is reached.
 
 The residual pass (form ``X``, threshold, contract with ``U_N`` and ``U_{N-1}``) is the only work on full-size
-tensors; on CUDA it is one fused Triton kernel (:func:`tensorkernels.residual_contract`) that never writes ``X``
-or ``R``.
+tensors; on CUDA it is one fused Triton kernel that never writes ``X`` or ``R``
+(:func:`tensorkernels.rpca_fused.residual_gradients` turns its partial sums into every ``R x_{j != i} U_j^T``).
 """
 from __future__ import annotations
 
