@@ -20,7 +20,7 @@ def _residual_contract_kernel(
     P, I, J, RN, RP, chunk, zeta_arg, pn_sj, pn_sp, q_sc, q_sp,
     BI: tl.constexpr, BJ: tl.constexpr, RNP: tl.constexpr, RPP: tl.constexpr,
     SOFT: tl.constexpr, PRECISION: tl.constexpr, CPREC: tl.constexpr, MISSING: tl.constexpr,
-    EMULATE_BF16: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, WIDE: tl.constexpr,
 ):
     p = tl.program_id(0).to(tl.int64)
     pj = tl.program_id(1)
@@ -48,7 +48,11 @@ def _residual_contract_kernel(
     for i0 in range(i_start, tl.minimum(i_start + chunk, I), BI):
         offs_i = i0 + tl.arange(0, BI)
         mask_i = offs_i < I
-        y = tl.load(y_base + offs_i[:, None] * J + offs_j[None, :],
+        if WIDE:  # a slab of >= 2^31 entries: row offsets in int64
+            rows = offs_i.to(tl.int64)[:, None] * J
+        else:
+            rows = offs_i[:, None] * J
+        y = tl.load(y_base + rows + offs_j[None, :],
                     mask=mask_i[:, None] & mask_j[None, :], other=0.0)
         up = tl.load(up_ptr + offs_i[:, None] * RP + offs_rp[None, :],
                      mask=mask_i[:, None] & mask_rp[None, :], other=0.0)
@@ -124,6 +128,9 @@ def _config(P: int, I: int, J: int, dtype: torch.dtype, n_sm: int, BI: int | Non
 CONTRACT_PRECISION = "tf32x3"
 
 
+#: a slab ``Y[p]`` of at least this many entries takes int64 row offsets (int32 ones would overflow)
+WIDE_ENTRIES = 1 << 31
+
 #: ``(BI, BJ, num_warps[, num_stages])`` used when a call passes no ``config`` (``None``: :func:`_config`'s choice
 #: and 4 warps); for tuning (``benchmarks/_tune_rpca_kernel.py``)
 DEFAULT_CONFIG = None
@@ -150,7 +157,7 @@ def _plan(Y, UN, Uprev, zeta, precision, config, contract_precision):
         zt = zeta.reshape(1).to(device=Y.device, dtype=Y.dtype)
     else:
         zt = torch.full((1,), float(zeta), dtype=Y.dtype, device=Y.device)
-    meta = dict(BI=BI, BJ=BJ, RNP=max(16, triton.next_power_of_2(UN.shape[1])),
+    meta = dict(WIDE=I * J >= WIDE_ENTRIES, BI=BI, BJ=BJ, RNP=max(16, triton.next_power_of_2(UN.shape[1])),
                 RPP=max(16, triton.next_power_of_2(Uprev.shape[1])), PRECISION=precision, CPREC=cprec,
                 EMULATE_BF16=not Y.is_cuda, num_warps=num_warps, **extra)
     return nJ, chunk, n_chunks, zt, meta

@@ -117,10 +117,11 @@ def residual_gradients(
     Returns:
         ``T_i`` of shape ``(r_1, ..., I_i, ..., r_N)`` (``I_i`` at mode ``i``, ranks elsewhere), ``i = 1..N``.
 
-    On Triton the fused pass lays its partial sums out so that one GEMM over the leading modes gives
-    ``T_{N-1}`` and ``T_N`` together (no separate sum of ``PN``'s partials and no GEMM per tensor for them);
-    ``T_i``, ``i < N - 1``, come from ``V = PN x_{N-1} U_{N-1}^T``. The torch path contracts
-    :func:`residual_contract_torch`'s ``(PN, Q)`` with the factors (the same values).
+    On Triton the fused pass lays its partial sums out in one buffer, so that one contraction over the leading
+    modes (a single GEMM for order 3) gives ``T_{N-1}`` and ``T_N`` together, followed by small sums of their
+    partials; ``T_i``, ``i < N - 1``, come from ``V = PN x_{N-1} U_{N-1}^T`` (``PN``: its summed partials). The
+    torch path contracts :func:`residual_contract_torch`'s ``(PN, Q)`` with the factors (the same values). Empty
+    tensors and zero ranks give zero tensors of the stated shapes.
     """
     N = Y.ndim
     factors = list(factors)
@@ -130,10 +131,16 @@ def residual_gradients(
     if any(U.shape != (Y.shape[i], core.shape[i]) for i, U in enumerate(factors)):
         raise ValueError(f"factor shapes {[tuple(U.shape) for U in factors]} do not fit Y {tuple(Y.shape)} and "
                          f"core {tuple(core.shape)}")
+    if len({t.dtype for t in (Y, core, *factors)}) != 1 or len({t.device for t in (Y, core, *factors)}) != 1:
+        raise ValueError("Y, core and factors must share one dtype and device; got dtypes "
+                         f"{sorted({str(t.dtype) for t in (Y, core, *factors)})} and devices "
+                         f"{sorted({str(t.device) for t in (Y, core, *factors)})}")
     if mode not in ("hard", "soft"):
         raise ValueError(f"mode must be 'hard' or 'soft', got {mode!r}")
     if not isinstance(zeta, torch.Tensor) and float(zeta) < 0:
         raise ValueError(f"zeta must be >= 0, got {zeta}")
+    if Y.numel() == 0 or core.numel() == 0:  # nothing to contract: every T_i is zero
+        return [Y.new_zeros(tuple(Y.shape[j] if j == i else core.shape[j] for j in range(N))) for i in range(N)]
     lead, lead_modes = factors[:-2], list(range(N - 2))
     UP, UN = factors[-2], factors[-1]
     Y3 = Y.reshape(-1, Y.shape[-2], Y.shape[-1])

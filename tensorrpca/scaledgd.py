@@ -425,21 +425,12 @@ class _GraphStep:
     :meth:`rollback` undoes the one speculative step, and the result is the same as stepping one at a time."""
 
     def __init__(self, Y, factors, core, zeta, eta, mode, backend, observed_fraction=None):
-        if _stackable(factors):  # views of one (N, I, r) buffer: the batched step stacks nothing
-            self._bufs = [torch.stack(list(factors)), core.clone(), torch.stack(list(factors)), core.clone()]
-            self.f, self.prev_f = list(self._bufs[0].unbind(0)), list(self._bufs[2].unbind(0))
-            self.c, self.prev_c = self._bufs[1], self._bufs[3]
-        else:
-            self.f = [U.clone() for U in factors]
-            self.c = core.clone()
-            self.prev_f = [U.clone() for U in factors]
-            self.prev_c = core.clone()
-            self._bufs = self.f + [self.c] + self.prev_f + [self.prev_c]
+        self._buffers(factors, core)
         self.zeta = torch.full((1,), float(zeta), dtype=Y.dtype, device=Y.device)
         run = lambda: self._body(Y, eta, mode, backend, observed_fraction)  # noqa: E731 (not kept: no ref to Y)
+        saved = ([U.clone() for U in self.f], self.c.clone())  # queued before the side stream waits: ordered
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
-        saved = ([U.clone() for U in self.f], self.c.clone())
         with torch.cuda.stream(s):  # warm up (compiles kernels, allocates workspaces) off the graph
             run()
         torch.cuda.current_stream().wait_stream(s)
@@ -455,6 +446,21 @@ class _GraphStep:
         _copy_all(self.f + [self.c], list(factors) + [core])  # (into the views of a stacked buffer, if so)
         self.zeta.fill_(float(zeta))
 
+    def _buffers(self, factors, core) -> None:
+        """The static buffers of the current and the previous iterate. Factors of one shape are views of one
+        ``(N, I, r)`` buffer each (``_stacked``), so the batched step and the relative change stack nothing."""
+        self._stacked = _stackable(factors)
+        if self._stacked:
+            self._bufs = [torch.stack(list(factors)), core.clone(), torch.stack(list(factors)), core.clone()]
+            self.f, self.prev_f = list(self._bufs[0].unbind(0)), list(self._bufs[2].unbind(0))
+            self.c, self.prev_c = self._bufs[1], self._bufs[3]
+        else:
+            self.f = [U.clone() for U in factors]
+            self.c = core.clone()
+            self.prev_f = [U.clone() for U in factors]
+            self.prev_c = core.clone()
+            self._bufs = self.f + [self.c] + self.prev_f + [self.prev_c]
+
     def _cur(self) -> list:
         """The buffers of the current iterate (the stacked factors and the core, or each factor and the core)."""
         return self._bufs[: len(self._bufs) // 2]
@@ -467,7 +473,7 @@ class _GraphStep:
         new_f, new_c = scaledgd_step(Y, self.f, self.c, self.zeta, eta, mode=mode, backend=backend,
                                      observed_fraction=observed_fraction)
         change = relative_change((self.f, self.c), (new_f, new_c))
-        new = [_as_stacked(new_f), new_c] if len(self._bufs) == 4 else list(new_f) + [new_c]
+        new = [_as_stacked(new_f), new_c] if self._stacked else list(new_f) + [new_c]
         _copy_all(self._cur(), new)
         return change
 

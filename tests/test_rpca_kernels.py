@@ -140,3 +140,48 @@ def test_residual_gradients_bad_input_raises():
     with pytest.raises(ValueError, match="mode"):
         residual_gradients(Y, c, f, 0.5, mode="medium")
 
+
+
+@triton_runs
+@pytest.mark.parametrize("shape,ranks", [((3, 40, 150), (2, 3, 4)), ((2, 3, 45, 70), (2, 2, 3, 4)),
+                                         ((37, 53), (4, 5))])
+def test_residual_gradients_with_many_partials_and_wide_offsets(shape, ranks, monkeypatch):
+    """Small tiles force two to ten J-blocks and several I-chunks (every partial sum, orders 2-4), and the int64
+    row offsets of huge slabs are forced on: the answer is still R x_{j != i} U_j^T (float64)."""
+    pytest.importorskip("triton")
+    import tensorkernels._triton_rpca as tr
+    from tensorkernels.rpca_fused import residual_gradients
+
+    g = torch.Generator().manual_seed(7)
+    factors = [torch.randn(n, r, generator=g, dtype=torch.float64).to(DEV) * 0.5 for n, r in zip(shape, ranks)]
+    core = torch.randn(*ranks, generator=g, dtype=torch.float64).to(DEV)
+    Y = (torch.randn(shape, generator=g, dtype=torch.float64) * 2).to(DEV)
+    want = _grad_reference(Y, core, factors, 0.8, "soft", False)
+    for cfg, wide in (((16, 16, 4), False), ((16, 64, 4), True), ((16, 128, 4), False)):
+        monkeypatch.setattr(tr, "DEFAULT_CONFIG", cfg)
+        monkeypatch.setattr(tr, "WIDE_ENTRIES", 0 if wide else 1 << 31)
+        got = residual_gradients(Y, core, factors, 0.8, mode="soft", backend="triton")
+        for a, b in zip(got, want):
+            assert float((a.double().cpu() - b).abs().max() / b.abs().max()) < 1e-12, (cfg, wide)
+
+
+def test_residual_gradients_empty_and_mixed_inputs():
+    """Empty tensors and zero ranks give zero gradient tensors of the stated shapes (both paths); mixed dtypes are
+    named."""
+    from tensorkernels.rpca_fused import residual_gradients
+
+    backends = ["torch"] + (["triton"] if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+                            or torch.cuda.is_available() else [])
+    for shape, ranks in (((4, 0, 6), (2, 2, 2)), ((0, 6), (2, 3)), ((3, 4, 5), (2, 0, 2))):
+        f = [torch.randn(n, r, dtype=torch.float64).to(DEV) for n, r in zip(shape, ranks)]
+        c = torch.randn(*ranks, dtype=torch.float64).to(DEV)
+        Y = torch.randn(shape, dtype=torch.float64).to(DEV)
+        for backend in backends:
+            got = residual_gradients(Y, c, f, 0.5, backend=backend)
+            assert [tuple(t.shape) for t in got] == [
+                tuple(shape[j] if j == i else ranks[j] for j in range(len(shape))) for i in range(len(shape))]
+            assert all(t.numel() == 0 or float(t.abs().max()) == 0.0 for t in got)
+    Y = torch.randn(5, 6, 7)
+    f = [torch.randn(n, 2, dtype=torch.float64) for n in (5, 6, 7)]
+    with pytest.raises(ValueError, match="dtype"):
+        residual_gradients(Y, torch.randn(2, 2, 2, dtype=torch.float64), f, 0.5)

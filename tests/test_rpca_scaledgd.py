@@ -546,3 +546,52 @@ def test_graph_cache_release_keeps_the_most_recent_within_its_size(monkeypatch):
     sg.clear_graph_cache()
     sg._release_graph(g1)
     assert not sg._GRAPH_CACHE
+
+
+def test_as_stacked_reuses_only_the_buffer_the_factors_are_views_of():
+    import tensorrpca.scaledgd as sg
+
+    buf = torch.randn(3, 7, 2)
+    fs = list(buf.unbind(0))
+    assert sg._as_stacked(fs) is buf
+    for other in (fs[::-1], [fs[0], fs[0], fs[2]], fs[:2], [U.clone() for U in fs],
+                  list(torch.randn(3, 7, 4)[:, :, :2].unbind(0)), list(torch.randn(7, 3, 2).transpose(0, 1).unbind(0))):
+        st = sg._as_stacked(other)
+        assert st is not buf and st.shape == (len(other), 7, 2)
+        assert all(torch.equal(st[i], U) for i, U in enumerate(other))  # a new stack with the same values
+
+
+@pytest.mark.parametrize("shape,ranks", [((9, 9, 9), (2, 2, 2)), ((7, 9, 11), (2, 3, 2))])
+def test_graph_step_buffers_step_roll_back_and_reset_like_eager_steps(shape, ranks):
+    """The captured step's body on its static buffers (stacked for factors of one shape), run without a GPU: three
+    steps equal three eager steps and their relative changes; rollback restores the iterate before the last step;
+    reset starts from a given iterate; the stacked buffer stays the one the factors are views of."""
+    import tensorrpca.scaledgd as sg
+
+    p = synthetic_rpca(shape, ranks, kappa=2, alpha=0.1, seed=4, dtype=torch.float64)
+    f0, c0 = spectral_init(p.Y, ranks, 5.0)
+    gs = object.__new__(sg._GraphStep)
+    gs._buffers(f0, c0)
+    gs.zeta = torch.full((1,), 1.0, dtype=torch.float64)
+    assert gs._stacked == (len({tuple(U.shape) for U in f0}) == 1)
+    f, c = list(f0), c0
+    for _ in range(3):
+        before = ([U.clone() for U in gs.f], gs.c.clone())
+        change = gs._body(p.Y, 0.5, "hard", "torch", None)
+        nf, nc = sg.scaledgd_step(p.Y, f, c, 1.0, 0.5, backend="torch")
+        ref = sg.relative_change((f, c), (nf, nc))
+        f, c = nf, nc
+        torch.testing.assert_close(gs.c, c, rtol=1e-12, atol=1e-14)
+        for a, b in zip(gs.f, f):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+        assert float(change) == pytest.approx(float(ref), rel=1e-10) and float(change) > 1e-6
+        if gs._stacked:
+            assert sg._as_stacked(gs.f) is gs._bufs[0]
+    gs.rollback()
+    torch.testing.assert_close(gs.c, before[1])
+    assert all(torch.equal(a, b) for a, b in zip(gs.f, before[0]))
+    gs.reset(f0, c0, 2.0)
+    torch.testing.assert_close(gs.c, c0)
+    assert all(torch.equal(a, b) for a, b in zip(gs.f, f0)) and float(gs.zeta) == 2.0
+    if gs._stacked:
+        assert sg._as_stacked(gs.f) is gs._bufs[0]
