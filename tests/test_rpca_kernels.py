@@ -139,6 +139,8 @@ def test_residual_gradients_bad_input_raises():
         residual_gradients(Y, c, f, -1.0)
     with pytest.raises(ValueError, match="mode"):
         residual_gradients(Y, c, f, 0.5, mode="medium")
+    # zeta = 0 is a threshold (nothing kept in the residual under hard thresholding), not an error
+    assert all(float(t.abs().max()) == 0.0 for t in residual_gradients(Y, c, f, 0.0))
 
 
 
