@@ -416,7 +416,7 @@ class _GraphStep:
 
     The threshold lives in a device tensor that the fused kernel reads at run time, so one capture serves
     every iteration of the schedule; the step writes the new iterate back into the static buffers (and keeps
-    the one before in ``prev_f``/``prev_c``). Removes the launch overhead of the small r-space ops (~70 kernels
+    the one before in the second half of ``_bufs``). Removes the launch overhead of the small r-space ops (~70 kernels
     per step on the batched path), which otherwise exceeds the full-size pass.
 
     ``gs(zeta)`` runs one step and returns its relative change (a host sync). :func:`rpca` instead pipelines:
@@ -452,14 +452,10 @@ class _GraphStep:
         self._stacked = _stackable(factors)
         if self._stacked:
             self._bufs = [torch.stack(list(factors)), core.clone(), torch.stack(list(factors)), core.clone()]
-            self.f, self.prev_f = list(self._bufs[0].unbind(0)), list(self._bufs[2].unbind(0))
-            self.c, self.prev_c = self._bufs[1], self._bufs[3]
+            self.f, self.c = list(self._bufs[0].unbind(0)), self._bufs[1]
         else:
-            self.f = [U.clone() for U in factors]
-            self.c = core.clone()
-            self.prev_f = [U.clone() for U in factors]
-            self.prev_c = core.clone()
-            self._bufs = self.f + [self.c] + self.prev_f + [self.prev_c]
+            self.f, self.c = [U.clone() for U in factors], core.clone()
+            self._bufs = self.f + [self.c] + [U.clone() for U in factors] + [core.clone()]
 
     def _cur(self) -> list:
         """The buffers of the current iterate (the stacked factors and the core, or each factor and the core)."""

@@ -331,3 +331,22 @@ def test_unfolded_unroll_validates_its_mask_like_forward():
     assert torch.equal(a, b)
     with pytest.raises(RPCAInputError):
         net.unroll(p.Y, temperature=None, mask=obs.double() * 0.3)    # a float mask is not a mask
+
+
+def test_differentiable_step_with_missing_entries_equals_the_plain_step():
+    """With missing entries the differentiable step (a threshold that requires grad: the unfolded network's path)
+    rescales the residual by 1/p as the plain step does: the same iterate (float64)."""
+    from tensorrpca.scaledgd import scaledgd_step, spectral_init
+
+    p = synthetic_rpca((9, 10, 11), (2, 3, 2), kappa=2, alpha=0.1, seed=6, dtype=torch.float64)
+    obs = torch.rand(p.Y.shape, generator=torch.Generator().manual_seed(2)) > 0.3
+    Ym = p.Y.masked_fill(~obs, float("nan"))
+    frac = float(obs.double().mean())
+    f, c = spectral_init(p.Y, (2, 3, 2), 5.0)
+    fa, ca = scaledgd_step(Ym, f, c, 1.0, 0.5, mode="soft", observed_fraction=frac)
+    z = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    fb, cb = scaledgd_step(Ym, f, c, z, 0.5, mode="soft", observed_fraction=frac)
+    assert cb.requires_grad  # the differentiable path ran
+    torch.testing.assert_close(cb.detach(), ca, rtol=1e-10, atol=1e-12)
+    for a, b in zip(fa, fb):
+        torch.testing.assert_close(b.detach(), a, rtol=1e-10, atol=1e-12)
