@@ -19,6 +19,7 @@ import torch
 
 from ._dispatch import resolve_backend
 from .threshold import threshold_residual
+from .tucker import multi_mode_product
 
 
 def _check(Y, H, UN, Uprev, mode):
@@ -141,30 +142,33 @@ def residual_gradients(
         raise ValueError(f"zeta must be >= 0, got {zeta}")
     if Y.numel() == 0 or core.numel() == 0:  # nothing to contract: every T_i is zero
         return [Y.new_zeros(tuple(Y.shape[j] if j == i else core.shape[j] for j in range(N))) for i in range(N)]
-    lead, lead_modes = factors[:-2], list(range(N - 2))
-    UP, UN = factors[-2], factors[-1]
-    Y3 = Y.reshape(-1, Y.shape[-2], Y.shape[-1])
-    P, I, J = Y3.shape
     if resolve_backend(backend, Y, core, *factors) != "triton":
-        from .tucker import multi_mode_product
-
+        UP, UN = factors[-2], factors[-1]
+        Y3 = Y.reshape(-1, Y.shape[-2], Y.shape[-1])
+        P, I, J = Y3.shape
         H = multi_mode_product(core, factors[:-1], modes=list(range(N - 1)), backend=backend)
         PN, Q = residual_contract_torch(Y3, H.reshape(P, I, -1), UN, UP, zeta, mode, missing=missing)
-        PN = PN.reshape(*Y.shape[:-1], UN.shape[1])
-        Q = Q.reshape(*Y.shape[:-2], UP.shape[1], J)
-        T = []
-        for i in range(N - 1):
-            T.append(multi_mode_product(PN, [factors[j] for j in range(N - 1) if j != i],
-                                        modes=[j for j in range(N - 1) if j != i], transpose=True,
-                                        backend="torch"))
-        T.append(multi_mode_product(Q, lead, modes=lead_modes, transpose=True, backend="torch"))
-        return T
+        return gradients_from_contractions(PN.reshape(*Y.shape[:-1], UN.shape[1]),
+                                           Q.reshape(*Y.shape[:-2], UP.shape[1], J), factors)
     return _triton_residual_gradients(Y, core, factors, zeta, mode, missing, contract_precision)
+
+
+def gradients_from_contractions(PN: torch.Tensor, Q: torch.Tensor, factors) -> list[torch.Tensor]:
+    """``T_i = R x_{j != i} U_j^T`` for every mode from the two contractions of the residual pass,
+    ``PN = R x_N U_N^T`` ``(I_1..I_{N-1}, r_N)`` and ``Q = R x_{N-1} U_{N-1}^T`` ``(I_1..I_{N-2}, r_{N-1}, I_N)``
+    (torch ops: differentiable)."""
+    N = len(factors)
+    T = []
+    for i in range(N - 1):
+        T.append(multi_mode_product(PN, [factors[j] for j in range(N - 1) if j != i],
+                                    modes=[j for j in range(N - 1) if j != i], transpose=True, backend="torch"))
+    T.append(multi_mode_product(Q, list(factors[:N - 2]), modes=list(range(N - 2)), transpose=True,
+                                backend="torch"))
+    return T
 
 
 def _triton_residual_gradients(Y, core, factors, zeta, mode, missing, contract_precision):
     from ._triton_rpca import triton_residual_parts
-    from .tucker import multi_mode_product
 
     N = Y.ndim
     lead, lead_modes = factors[:-2], list(range(N - 2))

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from tensorkernels import multi_mode_product, residual_contract, threshold_residual, tucker_to_tensor, unfold
-from tensorkernels.rpca_fused import residual_contract_torch, residual_gradients
+from tensorkernels.rpca_fused import gradients_from_contractions, residual_contract_torch, residual_gradients
 
 from . import _init
 from .errors import RPCAConvergenceWarning, RPCAInputError
@@ -292,14 +292,8 @@ def _stackable(factors) -> bool:
 def _grad_tensors(PN, Q, factors, N):
     """``T_i = R x_{j != i} U_j^T`` (``I_i`` at mode ``i``, ``r`` elsewhere) and the core gradient
     ``C = R x_all U^T``, from the two contractions of the residual pass (the differentiable path)."""
-    small = "torch"
-    T = []
-    for i in range(N - 1):
-        T.append(multi_mode_product(PN, [factors[j] for j in range(N - 1) if j != i],
-                                    modes=[j for j in range(N - 1) if j != i], transpose=True, backend=small))
-    T.append(multi_mode_product(Q, [factors[j] for j in range(N - 2)], modes=list(range(N - 2)),
-                                transpose=True, backend=small))
-    C = multi_mode_product(T[0], [factors[0]], modes=[0], transpose=True, backend=small)
+    T = gradients_from_contractions(PN, Q, factors)
+    C = multi_mode_product(T[0], [factors[0]], modes=[0], transpose=True, backend="torch")
     return T, C
 
 
