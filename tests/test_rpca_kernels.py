@@ -125,6 +125,35 @@ def test_residual_gradients_match_float64_reference(shape, ranks, mode, dtype, m
             assert float((a.double().cpu() - b).abs().max() / b.abs().max()) < tol, (backend, i)
 
 
+@triton_runs
+@pytest.mark.parametrize("shape,ranks", [((7, 37, 53), (3, 4, 5)), ((3, 17, 300), (2, 10, 7)), ((4, 33, 19), (1, 1, 1))])
+@pytest.mark.parametrize("mode", ["hard", "soft"])
+@pytest.mark.parametrize("missing", [False, True])
+def test_fused_pass_forming_x_on_the_fp32_units_matches_float64_reference(monkeypatch, shape, ranks, mode, missing):
+    """The kernel's X_FMA variant (X = H U_N^T as r_N rank-one updates instead of a three-pass TF32 dot): float32
+    gradient tensors equal the float64 reference; float64 inputs keep the dot (the switch is fp32 only)."""
+    pytest.importorskip("triton")
+    import tensorkernels._triton_rpca as tr
+    from tensorkernels import multi_mode_product
+    from tensorkernels.rpca_fused import residual_gradients
+
+    monkeypatch.setattr(tr, "X_FMA", True)
+    g = torch.Generator().manual_seed(7 + sum(shape))
+    factors = [torch.randn(n, r, generator=g, dtype=torch.float64) * 0.5 for n, r in zip(shape, ranks)]
+    core = torch.randn(*ranks, generator=g, dtype=torch.float64)
+    Y = multi_mode_product(core, factors, backend="torch") + torch.randn(shape, generator=g, dtype=torch.float64)
+    if missing:
+        Y[torch.rand(shape, generator=g) < 0.2] = float("nan")
+    want = _grad_reference(Y, core, factors, 0.8, mode, missing)
+    for dtype, tol in ((torch.float32, 2e-5), (torch.float64, 1e-12)):
+        got = residual_gradients(Y.to(dtype).to(DEV), core.to(dtype).to(DEV), [U.to(dtype).to(DEV) for U in factors],
+                                 0.8, mode=mode, backend="triton", missing=missing,
+                                 contract_precision="tf32x3" if DEV == "cuda" else None)
+        for i, (a, b) in enumerate(zip(got, want)):
+            assert a.dtype == dtype and a.shape == b.shape
+            assert float((a.double().cpu() - b).abs().max() / b.abs().max()) < tol, (dtype, i)
+
+
 def test_residual_gradients_bad_input_raises():
     from tensorkernels.rpca_fused import residual_gradients
 
