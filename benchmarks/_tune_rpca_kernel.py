@@ -21,7 +21,9 @@ from tensorrpca.synthetic import synthetic_rpca  # noqa: E402
 ap = argparse.ArgumentParser()
 ap.add_argument("--size", type=int, default=512)
 ap.add_argument("--rank", type=int, default=10)
-ap.add_argument("--configs", default="-;64,64,4;32,128,4,2;32,64,4", help="BI,BJ,warps[,stages]; '-': the default")
+ap.add_argument("--configs", default="-;64,64,4;32,128,4,2;32,64,4",
+                help="BI,BJ,warps[,stages]; '-': the default; a prefix 'fma:' sets tensorkernels._triton_rpca.X_FMA, "
+                "'serial:' clears tensorrpca.scaledgd.OVERLAP_CHANGE")
 a = ap.parse_args()
 n, r = a.size, a.rank
 torch.backends.cuda.matmul.allow_tf32 = False
@@ -46,7 +48,10 @@ def per_call(fn):
 
 
 for spec in a.configs.split(";"):
-    tr.DEFAULT_CONFIG = None if spec == "-" else tuple(int(x) for x in spec.split(","))
+    sg.OVERLAP_CHANGE = "serial:" not in spec
+    tr.X_FMA = "fma:" in spec
+    cfg = spec.replace("fma:", "").replace("serial:", "")
+    tr.DEFAULT_CONFIG = None if cfg == "-" else tuple(int(x) for x in cfg.split(","))
     try:
         t_sum = per_call(lambda: tr.triton_residual_contract(Y, H, f[2], f[1], zt, "hard", contract_precision="tf32"))
         t_parts = per_call(lambda: tr.triton_residual_parts(Y, H, f[2], f[1], zt, "hard", contract_precision="tf32"))
@@ -60,3 +65,5 @@ for spec in a.configs.split(";"):
     except Exception as exc:
         print(f"{spec:14s} FAILED {type(exc).__name__}: {str(exc)[:200]}", flush=True)
 tr.DEFAULT_CONFIG = None
+tr.X_FMA = False
+sg.OVERLAP_CHANGE = True

@@ -405,89 +405,145 @@ def _inner_products_stacked(fo, co, fn, cn):
     return torch.einsum(eq, ca, *[Ms[:, j] for j in range(N)], cb).unbind(0)
 
 
+#: the captured step computes the previous step's relative change on a side stream, beside the step (False: after
+#: it on the same stream; an A/B switch for benchmarks/_tune_rpca_kernel.py)
+OVERLAP_CHANGE = True
+
+
 class _GraphStep:
-    """One ScaledGD step plus its relative change, captured in a CUDA graph and replayed per iteration.
+    """One ScaledGD step plus the relative change of the step before it, captured in a CUDA graph and replayed
+    per iteration.
 
     The threshold lives in a device tensor that the fused kernel reads at run time, so one capture serves
-    every iteration of the schedule; the step writes the new iterate back into the static buffers (and keeps
-    the one before in the second half of ``_bufs``). Removes the launch overhead of the small r-space ops (~70 kernels
-    per step on the batched path), which otherwise exceeds the full-size pass.
+    every iteration of the schedule; the step writes the new iterate back into static buffers, which also keep
+    the two iterates before it (``_groups``: current, previous, the one before). Removes the launch overhead of
+    the small r-space ops (~45 kernels per step on the batched path), which otherwise exceeds the full-size pass.
 
-    ``gs(zeta)`` runs one step and returns its relative change (a host sync). :func:`rpca` instead pipelines:
-    :meth:`launch` queues step ``k + 1`` before :meth:`read` waits for step ``k``'s change (copied to pinned
-    host memory behind the step), so the GPU never idles on the stopping rule; when step ``k`` meets it,
-    :meth:`rollback` undoes the one speculative step, and the result is the same as stepping one at a time."""
+    The relative change is off the step's critical path: replay ``j`` runs step ``j`` and, on a side stream
+    beside it, the change of step ``j - 1`` (previous -> current iterate, both already there), so the change's
+    ~17 tiny kernels overlap the full-size pass instead of following the step. :meth:`drive` runs the stopping
+    rule two replays ahead of the host (the GPU never idles on it) and rolls the speculative steps back: the result
+    and the history are those of stepping one at a time.
 
-    def __init__(self, Y, factors, core, zeta, eta, mode, backend, observed_fraction=None):
+    ``capture=False`` (or a CPU tensor) runs the same body eagerly, with the same buffers and bookkeeping."""
+
+    def __init__(self, Y, factors, core, zeta, eta, mode, backend, observed_fraction=None, capture=True):
         self._buffers(factors, core)
         self.zeta = torch.full((1,), float(zeta), dtype=Y.dtype, device=Y.device)
-        run = lambda: self._body(Y, eta, mode, backend, observed_fraction)  # noqa: E731 (not kept: no ref to Y)
-        saved = ([U.clone() for U in self.f], self.c.clone())  # queued before the side stream waits: ordered
+        self.launched = 0
+        self._side = torch.cuda.Stream(Y.device) if (capture and Y.is_cuda) else None
+        run = lambda: self._body(Y, eta, mode, backend, observed_fraction)  # noqa: E731
+        if self._side is None:
+            self.graph, self._run = None, run
+            self._outs = [None] * 3
+            return
+        saved = [t.clone() for t in self._cur()]  # queued before the side stream waits: ordered
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):  # warm up (compiles kernels, allocates workspaces) off the graph
             run()
         torch.cuda.current_stream().wait_stream(s)
-        _copy_all(self.f + [self.c], saved[0] + [saved[1]])
+        for g in self._groups:
+            _copy_all(g, saved)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.change = run()
-        self._host = [torch.empty((), dtype=self.change.dtype, pin_memory=True) for _ in range(2)]
-        self._events = [torch.cuda.Event(), torch.cuda.Event()]
+            self.change = run()  # the graph keeps no reference to Y (a cached graph must not pin it)
+        self._host = [torch.empty((), dtype=self.change.dtype, pin_memory=True) for _ in range(3)]
+        self._events = [torch.cuda.Event() for _ in range(3)]
 
     def reset(self, factors, core, zeta) -> None:
         """Start again from ``(factors, core)`` at threshold ``zeta`` (a cached graph serving a new call)."""
-        _copy_all(self.f + [self.c], list(factors) + [core])  # (into the views of a stacked buffer, if so)
+        new = [_as_stacked(factors), core] if self._stacked else list(factors) + [core]
+        for g in self._groups:  # (into the stacked buffers, if so)
+            _copy_all(g, new)
         self.zeta.fill_(float(zeta))
+        self.launched = 0
 
     def _buffers(self, factors, core) -> None:
-        """The static buffers of the current and the previous iterate. Factors of one shape are views of one
-        ``(N, I, r)`` buffer each (``_stacked``), so the batched step and the relative change stack nothing."""
+        """The static buffers of the current, the previous and the one-before iterate (``_groups``). Factors of one
+        shape are views of one ``(N, I, r)`` buffer each (``_stacked``), so the batched step and the relative change
+        stack nothing. ``f, c``: the current iterate; ``f_prev, c_prev``: the previous one."""
         self._stacked = _stackable(factors)
         if self._stacked:
-            self._bufs = [torch.stack(list(factors)), core.clone(), torch.stack(list(factors)), core.clone()]
-            self.f, self.c = list(self._bufs[0].unbind(0)), self._bufs[1]
+            self._groups = [[torch.stack(list(factors)), core.clone()] for _ in range(3)]
+            (self.f, self.f_prev), (self.c, self.c_prev) = ([list(g[0].unbind(0)) for g in self._groups[:2]],
+                                                            [g[1] for g in self._groups[:2]])
         else:
-            self.f, self.c = [U.clone() for U in factors], core.clone()
-            self._bufs = self.f + [self.c] + [U.clone() for U in factors] + [core.clone()]
+            self._groups = [[U.clone() for U in factors] + [core.clone()] for _ in range(3)]
+            (self.f, self.f_prev), (self.c, self.c_prev) = ([g[:-1] for g in self._groups[:2]],
+                                                            [g[-1] for g in self._groups[:2]])
 
     def _cur(self) -> list:
         """The buffers of the current iterate (the stacked factors and the core, or each factor and the core)."""
-        return self._bufs[: len(self._bufs) // 2]
-
-    def _prev(self) -> list:
-        return self._bufs[len(self._bufs) // 2:]
+        return self._groups[0]
 
     def _body(self, Y, eta, mode, backend, observed_fraction):
-        _copy_all(self._prev(), self._cur())
+        side = self._side if OVERLAP_CHANGE else None
+        if side is not None:  # the change of the previous step, beside this step (both only read its inputs)
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                change = relative_change((self.f_prev, self.c_prev), (self.f, self.c))
+        else:
+            change = relative_change((self.f_prev, self.c_prev), (self.f, self.c))
         new_f, new_c = scaledgd_step(Y, self.f, self.c, self.zeta, eta, mode=mode, backend=backend,
                                      observed_fraction=observed_fraction)
-        change = relative_change((self.f, self.c), (new_f, new_c))
-        new = [_as_stacked(new_f), new_c] if self._stacked else list(new_f) + [new_c]
-        _copy_all(self._cur(), new)
+        if side is not None:
+            torch.cuda.current_stream().wait_stream(side)
+        cur, prev, before = self._groups
+        _copy_all(before, prev)
+        _copy_all(prev, cur)
+        _copy_all(cur, [_as_stacked(new_f), new_c] if self._stacked else list(new_f) + [new_c])
         return change
 
-    def __call__(self, zeta: float) -> float:
+    def launch(self, zeta: float) -> int:
+        """Queue replay ``j`` (returned): step ``j`` at threshold ``zeta``, and the change of step ``j - 1``
+        (copied to pinned host memory behind it). No sync."""
+        j = self.launched
+        self.launched += 1
         self.zeta.fill_(zeta)
+        if self.graph is None:
+            self._outs[j % 3] = self._run()
+            return j
         self.graph.replay()
-        return float(self.change)
+        self._host[j % 3].copy_(self.change, non_blocking=True)
+        self._events[j % 3].record()
+        return j
 
-    def launch(self, zeta: float, slot: int) -> int:
-        """Queue one step at threshold ``zeta``; its change goes to host slot ``slot`` (0 or 1). No sync."""
-        self.zeta.fill_(zeta)
-        self.graph.replay()
-        self._host[slot].copy_(self.change, non_blocking=True)
-        self._events[slot].record()
-        return slot
+    def read(self, j: int) -> float:
+        """Wait for replay ``j`` and return the relative change of step ``j - 1`` it computed (``j >= 1``; at
+        most two replays may have been launched after it)."""
+        if not (1 <= j < self.launched <= j + 3):
+            raise ValueError(f"replay {j} cannot be read: {self.launched} launched (keep at most 2 ahead)")
+        if self.graph is None:
+            return float(self._outs[j % 3])
+        self._events[j % 3].synchronize()
+        return float(self._host[j % 3])
 
-    def read(self, slot: int) -> float:
-        """Wait for the step that wrote ``slot`` and return its relative change."""
-        self._events[slot].synchronize()
-        return float(self._host[slot])
+    def rollback(self, n: int = 1) -> None:
+        """Undo the last ``n`` (1 or 2) queued steps (stream-ordered after them)."""
+        if n not in (1, 2):
+            raise ValueError(f"can roll back 1 or 2 steps, not {n}")
+        _copy_all(self._cur(), self._groups[n])
 
-    def rollback(self) -> None:
-        """Undo the last queued step (stream-ordered after it)."""
-        _copy_all(self._cur(), self._prev())
+    def drive(self, zeta_at, max_iter: int, record) -> int:
+        """Run steps ``k = 0, 1, ...`` at thresholds ``zeta_at(k)``; after each, ``record(change_k, zeta_at(k))``
+        books it and returns True to stop. Replay ``k + 2`` is queued before step ``k``'s change (computed by
+        replay ``k + 1``) is read; at the end the speculative steps are rolled back, so the buffers hold the
+        iterate after the last recorded step, as stepping one at a time would. Returns the number of recorded
+        steps."""
+        max_iter = int(max_iter)
+        if max_iter <= 0:
+            return 0
+        self.launch(zeta_at(0))
+        self.launch(zeta_at(1))  # replay max_iter at most: it only serves the last step's change
+        k = 0
+        for k in range(max_iter):
+            if k + 2 <= max_iter:
+                self.launch(zeta_at(k + 2))
+            if record(self.read(k + 1), zeta_at(k)):
+                break
+        self.rollback(self.launched - (k + 1))
+        return k + 1
 
 
 def _copy_all(dst: list, src: list) -> None:
@@ -819,17 +875,8 @@ def rpca(
                 graph = _make_graph_step(Yt, factors, core, p.zeta1, p.eta, threshold, backend, cuda_graph,
                                          observed_fraction=frac_obs)
             timer.mark("graph_capture")
-            if graph is not None:
-                # pipelined: step k + 1 is queued before step k's change is read (see _GraphStep)
-                pending = {0: graph.launch(zeta_at(0), 0)}
-                for k in range(int(max_iter)):
-                    if k + 1 < max_iter:
-                        pending[k + 1] = graph.launch(zeta_at(k + 1), (k + 1) % 2)
-                    change = graph.read(pending.pop(k))
-                    if record(change, zeta_at(k)):
-                        if pending:
-                            graph.rollback()
-                        break
+            if graph is not None:  # pipelined, two replays ahead of the stopping rule (see _GraphStep.drive)
+                graph.drive(zeta_at, max_iter, record)
                 # copies: the graph's buffers are reused by a later call (GRAPH_CACHE_SIZE)
                 factors, core = [U.clone() for U in graph.f], graph.c.clone()
                 _release_graph(graph)

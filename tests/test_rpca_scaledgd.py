@@ -563,35 +563,82 @@ def test_as_stacked_reuses_only_the_buffer_the_factors_are_views_of():
 
 @pytest.mark.parametrize("shape,ranks", [((9, 9, 9), (2, 2, 2)), ((7, 9, 11), (2, 3, 2))])
 def test_graph_step_buffers_step_roll_back_and_reset_like_eager_steps(shape, ranks):
-    """The captured step's body on its static buffers (stacked for factors of one shape), run without a GPU: three
-    steps equal three eager steps and their relative changes; rollback restores the iterate before the last step;
-    reset starts from a given iterate; the stacked buffer stays the one the factors are views of."""
+    """The captured step's body and bookkeeping on its static buffers (stacked for factors of one shape), run
+    eagerly without a GPU: each replay equals an eager step and reports the previous step's relative change;
+    rollback(1) / rollback(2) restore the iterate before the last / the two last steps; reset starts from a given
+    iterate; the stacked buffer stays the one the factors are views of; reads too far behind are refused."""
     import tensorrpca.scaledgd as sg
 
     p = synthetic_rpca(shape, ranks, kappa=2, alpha=0.1, seed=4, dtype=torch.float64)
     f0, c0 = spectral_init(p.Y, ranks, 5.0)
-    gs = object.__new__(sg._GraphStep)
-    gs._buffers(f0, c0)
-    gs.zeta = torch.full((1,), 1.0, dtype=torch.float64)
-    assert gs._stacked == (len({tuple(U.shape) for U in f0}) == 1)
+    gs = sg._GraphStep(p.Y, f0, c0, 1.0, 0.5, "hard", "torch", capture=False)
+    assert gs.graph is None and gs._stacked == (len({tuple(U.shape) for U in f0}) == 1)
     f, c = list(f0), c0
-    for _ in range(3):
-        before = ([U.clone() for U in gs.f], gs.c.clone())
-        change = gs._body(p.Y, 0.5, "hard", "torch", None)
+    iterates, changes = [(f, c)], []
+    for j in range(4):
+        assert gs.launch(1.0) == j
         nf, nc = sg.scaledgd_step(p.Y, f, c, 1.0, 0.5, backend="torch")
-        ref = sg.relative_change((f, c), (nf, nc))
+        changes.append(float(sg.relative_change((f, c), (nf, nc))))
         f, c = nf, nc
+        iterates.append((f, c))
         torch.testing.assert_close(gs.c, c, rtol=1e-12, atol=1e-14)
         for a, b in zip(gs.f, f):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
-        assert float(change) == pytest.approx(float(ref), rel=1e-10) and float(change) > 1e-6
+        if j == 0:  # replay 0 has no step before it (previous == current)
+            assert float(gs._outs[0]) == 0.0
+        if j >= 1:  # replay j reports step j - 1
+            assert gs.read(j) == pytest.approx(changes[j - 1], rel=1e-10) and changes[j - 1] > 1e-6
         if gs._stacked:
-            assert sg._as_stacked(gs.f) is gs._bufs[0]
-    gs.rollback()
-    torch.testing.assert_close(gs.c, before[1])
-    assert all(torch.equal(a, b) for a, b in zip(gs.f, before[0]))
+            assert sg._as_stacked(gs.f) is gs._groups[0][0]
+    with pytest.raises(ValueError, match="cannot be read"):
+        gs.read(0)
+    with pytest.raises(ValueError, match="cannot be read"):
+        gs.read(4)  # not launched yet
+    for n in (2, 1):
+        gs.rollback(n)
+        want_f, want_c = iterates[4 - n]
+        torch.testing.assert_close(gs.c, want_c, rtol=1e-12, atol=1e-14)
+        for a, b in zip(gs.f, want_f):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="1 or 2"):
+        gs.rollback(3)
     gs.reset(f0, c0, 2.0)
     torch.testing.assert_close(gs.c, c0)
-    assert all(torch.equal(a, b) for a, b in zip(gs.f, f0)) and float(gs.zeta) == 2.0
+    assert all(torch.equal(a, b) for g in gs._groups for a, b in zip(g[:-1] if not gs._stacked else g[0], f0))
+    assert float(gs.zeta) == 2.0 and gs.launched == 0
     if gs._stacked:
-        assert sg._as_stacked(gs.f) is gs._bufs[0]
+        assert sg._as_stacked(gs.f) is gs._groups[0][0]
+
+
+@pytest.mark.parametrize("stop_at,max_iter", [(None, 1), (None, 2), (None, 5), (0, 5), (2, 5), (3, 5), (4, 5)])
+def test_graph_step_drive_records_every_step_once_and_rolls_back_to_the_last(stop_at, max_iter):
+    """drive() books steps 0, 1, ... in order with their own changes and thresholds, stops where record says so
+    (or at max_iter), keeps at most two replays ahead, and leaves the iterate after the last booked step."""
+    import tensorrpca.scaledgd as sg
+
+    p = synthetic_rpca((8, 9, 10), (2, 2, 2), kappa=2, alpha=0.1, seed=3, dtype=torch.float64)
+    f0, c0 = spectral_init(p.Y, (2, 2, 2), 5.0)
+    zeta_at = lambda k: 1.5 * 0.9 ** k  # noqa: E731
+    f, c, ref = list(f0), c0, []
+    for k in range(max_iter):
+        nf, nc = sg.scaledgd_step(p.Y, f, c, zeta_at(k), 0.5, backend="torch")
+        ref.append((float(sg.relative_change((f, c), (nf, nc))), nf, nc))
+        f, c = nf, nc
+    gs = sg._GraphStep(p.Y, f0, c0, zeta_at(0), 0.5, "hard", "torch", capture=False)
+    booked = []
+
+    def record(change, zeta):
+        booked.append((change, zeta))
+        assert gs.launched <= len(booked) + 2
+        return len(booked) - 1 == stop_at
+
+    n = gs.drive(zeta_at, max_iter, record)
+    want = max_iter if stop_at is None else stop_at + 1
+    assert n == want == len(booked)
+    assert gs.launched == min(want + 2, max_iter + 1)
+    for k, (change, zeta) in enumerate(booked):
+        assert change == pytest.approx(ref[k][0], rel=1e-10) and zeta == zeta_at(k)
+    torch.testing.assert_close(gs.c, ref[want - 1][2], rtol=1e-12, atol=1e-14)
+    for a, b in zip(gs.f, ref[want - 1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    assert gs.drive(zeta_at, 0, record) == 0
