@@ -236,6 +236,7 @@ def scaledgd_step(
     mode: str = "hard",
     backend: str | None = None,
     observed_fraction: float | None = None,
+    _pre=None,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """One ScaledGD iteration; returns new ``(factors, core)`` (inputs are not modified).
 
@@ -248,6 +249,8 @@ def scaledgd_step(
         observed_fraction: ``p`` when some entries are missing (NaN in ``Y``): the residual is taken on the
             observed entries only and rescaled by ``1/p`` (as in the analysis of ScaledGD for tensor
             completion). ``None``: every entry is observed.
+        _pre: internal (the captured step): a callable returning :func:`_rspace_precond` of ``(factors, core)``,
+            called after the residual pass, on the batched path only.
     """
     N = Y.ndim
     factors = list(factors)
@@ -263,7 +266,10 @@ def scaledgd_step(
         C = _core_gradient(T[-1], factors[-1])
         scale = 1.0 if not missing else 1.0 / observed_fraction
         if _stackable(factors):
-            return _rspace_stacked(T, C, factors, core, eta, scale)
+            pre = None
+            if _pre is not None:  # (callable: the graph body's side stream, joined only now)
+                pre = _pre()
+            return _rspace_stacked(T, C, factors, core, eta, scale, pre=pre)
         if missing:
             T, C = [t * scale for t in T], C * scale
     # small tensors only from here on
@@ -336,19 +342,15 @@ def _kron_others(W: torch.Tensor) -> torch.Tensor | None:
     return K
 
 
-def _rspace_stacked(T, C, factors, core, eta, scale: float):
-    """The r-space part of :func:`scaledgd_step` for factors of one shape ``(I, r)``: the same update, batched
-    over the modes: the ``N`` factor gradients and the ``N`` grams ``Ub_i^T Ub_i = M_i(G) K_i^T M_i(G)^T`` as
-    batched products, the ``N`` factor preconditioners and the ``N`` core ones ``(U_i^T U_i)^{-1}`` inverted in
-    one call, the factor updates as one ``baddbmm`` (on a GPU every small op is a kernel launch; this path has
-    about a third of the launches of the per-mode loop). ``scale``: ``1/p`` with missing entries (the
-    rescaling of the residual, applied to the step instead)."""
+def _rspace_precond(factors, core):
+    """What the batched r-space update needs from the iterate alone (not from the residual): the stacked factors
+    ``Us`` ``(N, I, r)``, the stacked core unfoldings ``Gst`` ``(N, r, r^(N-1))`` and the ``2N`` inverses
+    ``[(Ub_i^T Ub_i)^{-1}, (U_i^T U_i)^{-1}]`` ``(2N, r, r)``, where ``Ub_i^T Ub_i = M_i(G) K_i^T M_i(G)^T``. The
+    captured step computes it on a side stream, beside the residual pass."""
     N = core.ndim
     Us = _as_stacked(factors)  # (N, I, r)
     # the unfoldings, stacked: one copy kernel each (stack of the moved views, then a free reshape)
     Gst = torch.stack([core.movedim(i, 0) for i in range(N)]).reshape(N, core.shape[0], -1)  # (N, r, r^(N-1))
-    MT = torch.stack([T[i].movedim(i, 0) for i in range(N)]).reshape(N, Us.shape[1], -1)  # M_i(T_i)
-    grads = torch.bmm(MT, Gst.transpose(1, 2))  # M_i(R) Ub_i
     W = torch.bmm(Us.transpose(1, 2), Us)  # U_i^T U_i
     K = _kron_others(W)
     if K is not None:
@@ -359,6 +361,21 @@ def _rspace_stacked(T, C, factors, core, eta, scale: float):
                                       modes=[j for j in range(N) if j != i], backend="torch"), i) @ Gst[i].t()
             for i in range(N)])
     inv = torch.linalg.inv_ex(torch.cat([grams, W]))[0]
+    return Us, Gst, inv
+
+
+def _rspace_stacked(T, C, factors, core, eta, scale: float, pre=None):
+    """The r-space part of :func:`scaledgd_step` for factors of one shape ``(I, r)``: the same update, batched
+    over the modes: the ``N`` factor gradients and the ``N`` grams ``Ub_i^T Ub_i = M_i(G) K_i^T M_i(G)^T`` as
+    batched products, the ``N`` factor preconditioners and the ``N`` core ones ``(U_i^T U_i)^{-1}`` inverted in
+    one call, the factor updates as one ``baddbmm`` (on a GPU every small op is a kernel launch; this path has
+    about a third of the launches of the per-mode loop). ``scale``: ``1/p`` with missing entries (the
+    rescaling of the residual, applied to the step instead). ``pre``: :func:`_rspace_precond` of
+    ``(factors, core)``, if already computed."""
+    N = core.ndim
+    Us, Gst, inv = pre if pre is not None else _rspace_precond(factors, core)
+    MT = torch.stack([T[i].movedim(i, 0) for i in range(N)]).reshape(N, Us.shape[1], -1)  # M_i(T_i)
+    grads = torch.bmm(MT, Gst.transpose(1, 2))  # M_i(R) Ub_i
     e = eta * scale
     dcore = multi_mode_product(C, list(inv[N:].unbind(0)), backend="torch")
     if isinstance(e, torch.Tensor):
@@ -405,9 +422,12 @@ def _inner_products_stacked(fo, co, fn, cn):
     return torch.einsum(eq, ca, *[Ms[:, j] for j in range(N)], cb).unbind(0)
 
 
-#: the captured step computes the previous step's relative change on a side stream, beside the step (False: after
-#: it on the same stream; an A/B switch for benchmarks/_tune_rpca_kernel.py)
+#: the captured step computes the previous step's relative change and the r-space preconditioners of the current
+#: iterate on a side stream, beside the residual pass (False: all on one stream; an A/B switch for
+#: benchmarks/_tune_rpca_kernel.py)
 OVERLAP_CHANGE = True
+#: (with OVERLAP_CHANGE) the r-space preconditioners too
+OVERLAP_PRECOND = True
 
 
 class _GraphStep:
@@ -479,16 +499,21 @@ class _GraphStep:
 
     def _body(self, Y, eta, mode, backend, observed_fraction):
         side = self._side if OVERLAP_CHANGE else None
-        if side is not None:  # the change of the previous step, beside this step (both only read its inputs)
-            side.wait_stream(torch.cuda.current_stream())
+        main = torch.cuda.current_stream() if side is not None else None
+        pre = None
+        if side is not None:  # on a side stream, beside the residual pass: what needs only the current iterate
+            side.wait_stream(main)
             with torch.cuda.stream(side):
-                change = relative_change((self.f_prev, self.c_prev), (self.f, self.c))
+                change = relative_change((self.f_prev, self.c_prev), (self.f, self.c))  # of the previous step
+                if self._stacked and OVERLAP_PRECOND:
+                    pre_t = _rspace_precond(self.f, self.c)
+                    pre = lambda: (main.wait_stream(side), pre_t)[1]  # noqa: E731 (joined after the pass)
         else:
             change = relative_change((self.f_prev, self.c_prev), (self.f, self.c))
         new_f, new_c = scaledgd_step(Y, self.f, self.c, self.zeta, eta, mode=mode, backend=backend,
-                                     observed_fraction=observed_fraction)
+                                     observed_fraction=observed_fraction, _pre=pre)
         if side is not None:
-            torch.cuda.current_stream().wait_stream(side)
+            main.wait_stream(side)
         cur, prev, before = self._groups
         _copy_all(before, prev)
         _copy_all(prev, cur)

@@ -610,6 +610,30 @@ def test_graph_step_buffers_step_roll_back_and_reset_like_eager_steps(shape, ran
         assert sg._as_stacked(gs.f) is gs._groups[0][0]
 
 
+def test_step_with_a_precomputed_preconditioner_equals_the_plain_step():
+    """The captured step hands scaledgd_step the iterate-only part of the batched r-space update (computed on a
+    side stream); called after the residual pass, it gives the plain step's result bit for bit."""
+    import tensorrpca.scaledgd as sg
+
+    p = synthetic_rpca((9, 9, 9), (2, 2, 2), kappa=2, alpha=0.1, seed=8, dtype=torch.float64)
+    f, c = spectral_init(p.Y, (2, 2, 2), 5.0)
+    calls = []
+
+    def pre():
+        calls.append(1)
+        return sg._rspace_precond(f, c)
+
+    for frac in (None, 0.5):
+        a = sg.scaledgd_step(p.Y, f, c, 1.0, 0.5, backend="torch", observed_fraction=frac)
+        b = sg.scaledgd_step(p.Y, f, c, 1.0, 0.5, backend="torch", observed_fraction=frac, _pre=pre)
+        assert torch.equal(a[1], b[1]) and all(torch.equal(x, y) for x, y in zip(a[0], b[0]))
+    assert len(calls) == 2
+    q = synthetic_rpca((7, 9, 11), (2, 3, 2), kappa=2, alpha=0.1, seed=8, dtype=torch.float64)
+    f2, c2 = spectral_init(q.Y, (2, 3, 2), 5.0)
+    sg.scaledgd_step(q.Y, f2, c2, 1.0, 0.5, backend="torch", _pre=pre)  # not batched: not called
+    assert len(calls) == 2
+
+
 @pytest.mark.parametrize("stop_at,max_iter", [(None, 1), (None, 2), (None, 5), (0, 5), (2, 5), (3, 5), (4, 5)])
 def test_graph_step_drive_records_every_step_once_and_rolls_back_to_the_last(stop_at, max_iter):
     """drive() books steps 0, 1, ... in order with their own changes and thresholds, stops where record says so
