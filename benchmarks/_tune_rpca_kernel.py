@@ -23,7 +23,8 @@ ap.add_argument("--size", type=int, default=512)
 ap.add_argument("--rank", type=int, default=10)
 ap.add_argument("--configs", default="-;64,64,4;32,128,4,2;32,64,4",
                 help="BI,BJ,warps[,stages]; '-': the default; a prefix 'fma:' sets tensorkernels._triton_rpca.X_FMA, "
-                "'serial:' clears tensorrpca.scaledgd.OVERLAP_CHANGE, 'nopre:' OVERLAP_PRECOND")
+                "'serial:' clears tensorrpca.scaledgd.OVERLAP_CHANGE, 'nopre:' OVERLAP_PRECOND, 'pgrid:' "
+                "tensorkernels._triton_rpca.GRID_J_FASTEST")
 a = ap.parse_args()
 n, r = a.size, a.rank
 torch.backends.cuda.matmul.allow_tf32 = False
@@ -51,7 +52,10 @@ for spec in a.configs.split(";"):
     sg.OVERLAP_CHANGE = "serial:" not in spec
     sg.OVERLAP_PRECOND = "nopre:" not in spec
     tr.X_FMA = "fma:" in spec
-    cfg = spec.replace("fma:", "").replace("serial:", "").replace("nopre:", "")
+    tr.GRID_J_FASTEST = "pgrid:" not in spec
+    cfg = spec
+    for tag in ("fma:", "serial:", "nopre:", "pgrid:"):
+        cfg = cfg.replace(tag, "")
     tr.DEFAULT_CONFIG = None if cfg == "-" else tuple(int(x) for x in cfg.split(","))
     try:
         t_sum = per_call(lambda: tr.triton_residual_contract(Y, H, f[2], f[1], zt, "hard", contract_precision="tf32"))
@@ -67,5 +71,6 @@ for spec in a.configs.split(";"):
         print(f"{spec:14s} FAILED {type(exc).__name__}: {str(exc)[:200]}", flush=True)
 tr.DEFAULT_CONFIG = None
 tr.X_FMA = False
+tr.GRID_J_FASTEST = True
 sg.OVERLAP_CHANGE = True
 sg.OVERLAP_PRECOND = True

@@ -1,6 +1,7 @@
 """Triton kernel for :func:`tensorkernels.rpca_fused.residual_contract`.
 
-Grid ``(P, J / BJ, I-chunks)``. A program owns the slab ``Y[p, i0:i1, j0:j0+BJ]`` and walks it in
+Programs ``(p, J-block, I-chunk)``, on a 1-D grid with the J-blocks of a slab adjacent (``GRID_J_FASTEST``; else
+the grid ``(P, J / BJ, I-chunks)``). A program owns the slab ``Y[p, i0:i1, j0:j0+BJ]`` and walks it in
 ``BI x BJ`` tiles: ``X = H[p, i-tile, :] @ U_N[j-block, :]^T`` (a K = r_N dot), ``R`` thresholded in
 registers, ``PN`` tile ``= R @ U_N[j-block]`` written (a partial sum over the J-blocks), and
 ``Q += U_prev[i-tile]^T @ R`` kept in registers and written once (a partial sum over the I-chunks).
@@ -21,10 +22,18 @@ def _residual_contract_kernel(
     BI: tl.constexpr, BJ: tl.constexpr, RNP: tl.constexpr, RPP: tl.constexpr,
     SOFT: tl.constexpr, PRECISION: tl.constexpr, CPREC: tl.constexpr, MISSING: tl.constexpr,
     EMULATE_BF16: tl.constexpr, WIDE: tl.constexpr, XFMA: tl.constexpr, RNC: tl.constexpr,
+    NJ: tl.constexpr, J_FASTEST: tl.constexpr,
 ):
-    p = tl.program_id(0).to(tl.int64)
-    pj = tl.program_id(1)
-    pc = tl.program_id(2)
+    if J_FASTEST:  # 1-D grid, J-block fastest: the NJ programs of one slab run together and share H[p] in L2
+        pid = tl.program_id(0)
+        pj = pid % NJ
+        rest = pid // NJ
+        p = (rest % P).to(tl.int64)
+        pc = rest // P
+    else:
+        p = tl.program_id(0).to(tl.int64)
+        pj = tl.program_id(1)
+        pc = tl.program_id(2)
     offs_j = pj * BJ + tl.arange(0, BJ)
     mask_j = offs_j < J
     offs_rn = tl.arange(0, RNP)
@@ -139,6 +148,10 @@ CONTRACT_PRECISION = "tf32x3"
 #: fp32 inputs only (tuning switch)
 X_FMA = False
 
+#: launch the pass on a 1-D grid with the J-blocks of a slab adjacent (they share ``H[p]``, read once from memory
+#: instead of once per J-block); False: the ``(P, J-blocks, I-chunks)`` grid
+GRID_J_FASTEST = True
+
 #: a slab ``Y[p]`` of at least this many entries takes int64 row offsets (int32 ones would overflow)
 WIDE_ENTRIES = 1 << 31
 
@@ -172,7 +185,12 @@ def _plan(Y, UN, Uprev, zeta, precision, config, contract_precision):
     meta = dict(XFMA=xfma, RNC=UN.shape[1] if xfma else 1, WIDE=I * J >= WIDE_ENTRIES, BI=BI, BJ=BJ, RNP=max(16, triton.next_power_of_2(UN.shape[1])),
                 RPP=max(16, triton.next_power_of_2(Uprev.shape[1])), PRECISION=precision, CPREC=cprec,
                 EMULATE_BF16=not Y.is_cuda, num_warps=num_warps, **extra)
+    meta.update(NJ=nJ, J_FASTEST=bool(GRID_J_FASTEST))
     return nJ, chunk, n_chunks, zt, meta
+
+
+def _grid(P, nJ, n_chunks, meta):
+    return (P * nJ * n_chunks,) if meta["J_FASTEST"] else (P, nJ, n_chunks)
 
 
 def triton_residual_contract(Y, H, UN, Uprev, zeta, mode: str, precision: str | None = None,
@@ -189,7 +207,7 @@ def triton_residual_contract(Y, H, UN, Uprev, zeta, mode: str, precision: str | 
     q = torch.empty((n_chunks, P, RP, J), dtype=Y.dtype, device=Y.device)
     if Y.numel() == 0:
         return pn.sum(0), q.sum(0)
-    _residual_contract_kernel[(P, nJ, n_chunks)](
+    _residual_contract_kernel[_grid(P, nJ, n_chunks, meta)](
         Y, H, UN, Uprev, pn, q, P, I, J, RN, RP, chunk, zt, P * I * RN, I * RN, P * RP * J, RP * J,
         SOFT=(mode == "soft"), MISSING=bool(missing), **meta,
     )
@@ -219,7 +237,7 @@ def triton_residual_parts(Y, H, UN, Uprev, zeta, mode: str, precision: str | Non
     Z = torch.empty((P, L), dtype=Y.dtype, device=Y.device)
     if Y.numel() == 0:
         return Z.zero_(), nJ, n_chunks
-    _residual_contract_kernel[(P, nJ, n_chunks)](
+    _residual_contract_kernel[_grid(P, nJ, n_chunks, meta)](
         Y, H, UN, Uprev, Z, Z[:, nJ * I * RN:], P, I, J, RN, RP, chunk, zt, I * RN, L, RP * J, L,
         SOFT=(mode == "soft"), MISSING=bool(missing), **meta,
     )

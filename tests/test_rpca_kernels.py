@@ -129,15 +129,17 @@ def test_residual_gradients_match_float64_reference(shape, ranks, mode, dtype, m
 @pytest.mark.parametrize("shape,ranks", [((7, 37, 53), (3, 4, 5)), ((3, 17, 300), (2, 10, 7)), ((4, 33, 19), (1, 1, 1))])
 @pytest.mark.parametrize("mode", ["hard", "soft"])
 @pytest.mark.parametrize("missing", [False, True])
-def test_fused_pass_forming_x_on_the_fp32_units_matches_float64_reference(monkeypatch, shape, ranks, mode, missing):
-    """The kernel's X_FMA variant (X = H U_N^T as r_N rank-one updates instead of a three-pass TF32 dot): float32
-    gradient tensors equal the float64 reference; float64 inputs keep the dot (the switch is fp32 only)."""
+@pytest.mark.parametrize("switch,value", [("X_FMA", True), ("GRID_J_FASTEST", False), ("GRID_J_FASTEST", True)])
+def test_fused_pass_variants_match_float64_reference(monkeypatch, shape, ranks, mode, missing, switch, value):
+    """The kernel's variants: X_FMA (X = H U_N^T as r_N rank-one updates instead of a three-pass TF32 dot; fp32
+    only, float64 keeps the dot) and both grid orders (GRID_J_FASTEST: a 1-D grid with a slab's J-blocks adjacent,
+    else the (P, J-blocks, I-chunks) grid): the gradient tensors equal the float64 reference."""
     pytest.importorskip("triton")
     import tensorkernels._triton_rpca as tr
     from tensorkernels import multi_mode_product
     from tensorkernels.rpca_fused import residual_gradients
 
-    monkeypatch.setattr(tr, "X_FMA", True)
+    monkeypatch.setattr(tr, switch, value)
     g = torch.Generator().manual_seed(7 + sum(shape))
     factors = [torch.randn(n, r, generator=g, dtype=torch.float64) * 0.5 for n, r in zip(shape, ranks)]
     core = torch.randn(*ranks, generator=g, dtype=torch.float64)
