@@ -177,8 +177,17 @@ def main(argv=None) -> int:
     ap.add_argument("--tl-grid", default="2,4,8", help="reg_E grid, multiples of 1/sqrt(max unfolding dim)")
     ap.add_argument("--budget", type=float, default=140.0, help="skip the remaining sections after this many s")
     ap.add_argument("--smoke", action="store_true", help="tiny problem on CPU (checks the script runs)")
+    ap.add_argument("--skip", default="", help="comma list: skip sections whose name contains one of these")
+    ap.add_argument("--switch", action="append", default=[],
+                    help="MODULE.NAME=INT for a step switch, e.g. tensorkernels._triton_rpca.X_FMA=1 (recorded)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    import importlib
+
+    for sw in args.switch:
+        target, value = sw.split("=")
+        mod, name = target.rsplit(".", 1)
+        setattr(importlib.import_module(mod), name, int(value))
     t_start = time.perf_counter()
     cuda = torch.cuda.is_available() and not args.smoke
     dev = "cuda" if cuda else "cpu"
@@ -198,6 +207,11 @@ def main(argv=None) -> int:
         import tensorrpca.scaledgd as sg
 
         env["default_contract_precision"] = sg.STEP_CONTRACT_PRECISION
+        import tensorkernels._triton_rpca as tr
+
+        env["step_switches"] = {"X_FMA": tr.X_FMA, "GRID_J_FASTEST": tr.GRID_J_FASTEST,
+                                "DEFAULT_CONFIG": tr.DEFAULT_CONFIG, "OVERLAP_CHANGE": sg.OVERLAP_CHANGE,
+                                "OVERLAP_PRECOND": sg.OVERLAP_PRECOND, "set": args.switch}
     except Exception:  # pragma: no cover
         pass
     print(f"== {env['device']}: sizes {sizes}, ranks {ranks}, kappa {args.kappa}, alpha {args.alpha}, float32",
@@ -206,7 +220,12 @@ def main(argv=None) -> int:
     out_path = Path(args.out) if args.out else results_dir() / "gpu_rpca.json"
     tables: list[Table] = []
 
+    skip = [w for w in args.skip.split(",") if w]
+
     def section(name, fn):
+        if any(w in name for w in skip):
+            out["skipped"].append(name)
+            return None
         if time.perf_counter() - t_start > args.budget:
             out["skipped"].append(name)
             print(f"-- skipped {name} (budget)", flush=True)
