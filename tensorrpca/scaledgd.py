@@ -544,7 +544,7 @@ class _GraphStep:
         self._events[j % 3].synchronize()
         return float(self._host[j % 3])
 
-    def rollback(self, n: int = 1) -> None:
+    def rollback(self, n: int) -> None:
         """Undo the last ``n`` (1 or 2) queued steps (stream-ordered after them)."""
         if n not in (1, 2):
             raise ValueError(f"can roll back 1 or 2 steps, not {n}")

@@ -590,6 +590,7 @@ def test_graph_step_buffers_step_roll_back_and_reset_like_eager_steps(shape, ran
             assert gs.read(j) == pytest.approx(changes[j - 1], rel=1e-10) and changes[j - 1] > 1e-6
         if gs._stacked:
             assert sg._as_stacked(gs.f) is gs._groups[0][0]
+    assert gs.read(1) == pytest.approx(changes[0], rel=1e-10)  # two replays launched after it: still kept
     with pytest.raises(ValueError, match="cannot be read"):
         gs.read(0)
     with pytest.raises(ValueError, match="cannot be read"):
