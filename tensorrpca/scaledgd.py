@@ -559,15 +559,16 @@ class _GraphStep:
         max_iter = int(max_iter)
         if max_iter <= 0:
             return 0
+        base = self.launched  # replays numbered from here (a graph may have been replayed before)
         self.launch(zeta_at(0))
         self.launch(zeta_at(1))  # replay max_iter at most: it only serves the last step's change
         k = 0
         for k in range(max_iter):
             if k + 2 <= max_iter:
                 self.launch(zeta_at(k + 2))
-            if record(self.read(k + 1), zeta_at(k)):
+            if record(self.read(base + k + 1), zeta_at(k)):
                 break
-        self.rollback(self.launched - (k + 1))
+        self.rollback(self.launched - base - (k + 1))
         return k + 1
 
 
