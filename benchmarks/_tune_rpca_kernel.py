@@ -2,7 +2,7 @@
 (``triton_residual_contract``) and laid out for one GEMM (``triton_residual_parts``, what ScaledGD runs), alone per
 block configuration, and the captured step. Prints one line per configuration; not a recorded benchmark.
 
-    python benchmarks/_tune_rpca_kernel.py [--size 512] [--configs "-;64,64,4;32,128,4,2"]
+    python benchmarks/_tune_rpca_kernel.py [--size 512] [--configs="-;serial:pgrid:-;64,64,4;32,128,4,2"]
 """
 import argparse
 import sys
@@ -22,7 +22,8 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--size", type=int, default=512)
 ap.add_argument("--rank", type=int, default=10)
 ap.add_argument("--configs", default="-;64,64,4;32,128,4,2;32,64,4",
-                help="BI,BJ,warps[,stages]; '-': the default; a prefix 'fma:' sets tensorkernels._triton_rpca.X_FMA, "
+                help="BI,BJ,warps[,stages]; '-': the default (pass it as --configs='-;...': a value starting with '-' "
+                "needs the '='); "
                 "'serial:' clears tensorrpca.scaledgd.OVERLAP_CHANGE, 'nopre:' OVERLAP_PRECOND, 'pgrid:' "
                 "tensorkernels._triton_rpca.GRID_J_FASTEST")
 a = ap.parse_args()
@@ -51,10 +52,9 @@ def per_call(fn):
 for spec in a.configs.split(";"):
     sg.OVERLAP_CHANGE = "serial:" not in spec
     sg.OVERLAP_PRECOND = "nopre:" not in spec
-    tr.X_FMA = "fma:" in spec
     tr.GRID_J_FASTEST = "pgrid:" not in spec
     cfg = spec
-    for tag in ("fma:", "serial:", "nopre:", "pgrid:"):
+    for tag in ("serial:", "nopre:", "pgrid:"):
         cfg = cfg.replace(tag, "")
     tr.DEFAULT_CONFIG = None if cfg == "-" else tuple(int(x) for x in cfg.split(","))
     try:
@@ -70,7 +70,6 @@ for spec in a.configs.split(";"):
     except Exception as exc:
         print(f"{spec:14s} FAILED {type(exc).__name__}: {str(exc)[:200]}", flush=True)
 tr.DEFAULT_CONFIG = None
-tr.X_FMA = False
 tr.GRID_J_FASTEST = True
 sg.OVERLAP_CHANGE = True
 sg.OVERLAP_PRECOND = True

@@ -179,7 +179,7 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny problem on CPU (checks the script runs)")
     ap.add_argument("--skip", default="", help="comma list: skip sections whose name contains one of these")
     ap.add_argument("--switch", action="append", default=[],
-                    help="MODULE.NAME=INT for a step switch, e.g. tensorkernels._triton_rpca.X_FMA=1 (recorded)")
+                    help="MODULE.NAME=INT for a step switch, e.g. tensorkernels._triton_rpca.GRID_J_FASTEST=0 (recorded)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     import importlib
@@ -209,7 +209,7 @@ def main(argv=None) -> int:
         env["default_contract_precision"] = sg.STEP_CONTRACT_PRECISION
         import tensorkernels._triton_rpca as tr
 
-        env["step_switches"] = {"X_FMA": tr.X_FMA, "GRID_J_FASTEST": tr.GRID_J_FASTEST,
+        env["step_switches"] = {"GRID_J_FASTEST": tr.GRID_J_FASTEST,
                                 "DEFAULT_CONFIG": tr.DEFAULT_CONFIG, "OVERLAP_CHANGE": sg.OVERLAP_CHANGE,
                                 "OVERLAP_PRECOND": sg.OVERLAP_PRECOND, "set": args.switch}
     except Exception:  # pragma: no cover

@@ -21,8 +21,7 @@ def _residual_contract_kernel(
     P, I, J, RN, RP, chunk, zeta_arg, pn_sj, pn_sp, q_sc, q_sp,
     BI: tl.constexpr, BJ: tl.constexpr, RNP: tl.constexpr, RPP: tl.constexpr,
     SOFT: tl.constexpr, PRECISION: tl.constexpr, CPREC: tl.constexpr, MISSING: tl.constexpr,
-    EMULATE_BF16: tl.constexpr, WIDE: tl.constexpr, XFMA: tl.constexpr, RNC: tl.constexpr,
-    NJ: tl.constexpr, J_FASTEST: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, WIDE: tl.constexpr, NJ: tl.constexpr, J_FASTEST: tl.constexpr,
 ):
     if J_FASTEST:  # 1-D grid, J-block fastest: the NJ programs of one slab run together and share H[p] in L2
         pid = tl.program_id(0)
@@ -65,16 +64,9 @@ def _residual_contract_kernel(
                     mask=mask_i[:, None] & mask_j[None, :], other=0.0)
         up = tl.load(up_ptr + offs_i[:, None] * RP + offs_rp[None, :],
                      mask=mask_i[:, None] & mask_rp[None, :], other=0.0)
-        if not XFMA:
-            h = tl.load(h_base + offs_i[:, None] * RN + offs_rn[None, :],
-                        mask=mask_i[:, None] & mask_rn[None, :], other=0.0)
-        if XFMA:  # X = H U_N^T as RN rank-one updates on the FP32 units (exact fp32 products, no padding of RN)
-            x = tl.zeros((BI, BJ), dtype=acc_t)
-            for k in tl.static_range(RNC):
-                hk = tl.load(h_base + offs_i * RN + k, mask=mask_i, other=0.0).to(acc_t)
-                unk = tl.load(un_ptr + offs_j * RN + k, mask=mask_j, other=0.0).to(acc_t)
-                x += hk[:, None] * unk[None, :]
-        elif PRECISION == "fp64":
+        h = tl.load(h_base + offs_i[:, None] * RN + offs_rn[None, :],
+                    mask=mask_i[:, None] & mask_rn[None, :], other=0.0)
+        if PRECISION == "fp64":
             x = tl.dot(h, unt, input_precision="ieee")
         elif PRECISION == "native":
             x = tl.dot(h, unt)
@@ -144,10 +136,6 @@ def _config(P: int, I: int, J: int, dtype: torch.dtype, n_sm: int, BI: int | Non
 CONTRACT_PRECISION = "tf32x3"
 
 
-#: form ``X = H U_N^T`` on the FP32 units (``r_N`` rank-one updates per tile) instead of a three-pass TF32 dot;
-#: fp32 inputs only (tuning switch)
-X_FMA = False
-
 #: launch the pass on a 1-D grid with the J-blocks of a slab adjacent (they share ``H[p]``, read once from memory
 #: instead of once per J-block); False: the ``(P, J-blocks, I-chunks)`` grid
 GRID_J_FASTEST = True
@@ -181,8 +169,7 @@ def _plan(Y, UN, Uprev, zeta, precision, config, contract_precision):
         zt = zeta.reshape(1).to(device=Y.device, dtype=Y.dtype)
     else:
         zt = torch.full((1,), float(zeta), dtype=Y.dtype, device=Y.device)
-    xfma = bool(X_FMA) and Y.dtype == torch.float32
-    meta = dict(XFMA=xfma, RNC=UN.shape[1] if xfma else 1, WIDE=I * J >= WIDE_ENTRIES, BI=BI, BJ=BJ, RNP=max(16, triton.next_power_of_2(UN.shape[1])),
+    meta = dict(WIDE=I * J >= WIDE_ENTRIES, BI=BI, BJ=BJ, RNP=max(16, triton.next_power_of_2(UN.shape[1])),
                 RPP=max(16, triton.next_power_of_2(Uprev.shape[1])), PRECISION=precision, CPREC=cprec,
                 EMULATE_BF16=not Y.is_cuda, num_warps=num_warps, **extra)
     meta.update(NJ=nJ, J_FASTEST=bool(GRID_J_FASTEST))
