@@ -603,6 +603,9 @@ def test_graph_step_buffers_step_roll_back_and_reset_like_eager_steps(shape, ran
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
     with pytest.raises(ValueError, match="1 or 2"):
         gs.rollback(3)
+    gs.launch(1.0)  # three launched after replay 1: its slot is reused, the read is refused
+    with pytest.raises(ValueError, match="cannot be read"):
+        gs.read(1)
     gs.reset(f0, c0, 2.0)
     torch.testing.assert_close(gs.c, c0)
     assert all(torch.equal(a, b) for g in gs._groups for a, b in zip(g[:-1] if not gs._stacked else g[0], f0))
