@@ -18,10 +18,10 @@ import triton.language as tl
 @triton.jit
 def _residual_contract_kernel(
     y_ptr, h_ptr, un_ptr, up_ptr, pn_ptr, q_ptr,
-    P, I, J, RN, RP, chunk, zeta_arg, pn_sj, pn_sp, q_sc, q_sp,
+    P, I, J, RN, RP, chunk, zeta_arg, pn_sj, pn_sp, q_sc, q_sp, NJ,
     BI: tl.constexpr, BJ: tl.constexpr, RNP: tl.constexpr, RPP: tl.constexpr,
     SOFT: tl.constexpr, PRECISION: tl.constexpr, CPREC: tl.constexpr, MISSING: tl.constexpr,
-    EMULATE_BF16: tl.constexpr, WIDE: tl.constexpr, NJ: tl.constexpr, J_FASTEST: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, WIDE: tl.constexpr, J_FASTEST: tl.constexpr,
 ):
     if J_FASTEST:  # 1-D grid, J-block fastest: the NJ programs of one slab run together and share H[p] in L2
         pid = tl.program_id(0)
@@ -172,7 +172,7 @@ def _plan(Y, UN, Uprev, zeta, precision, config, contract_precision):
     meta = dict(WIDE=I * J >= WIDE_ENTRIES, BI=BI, BJ=BJ, RNP=max(16, triton.next_power_of_2(UN.shape[1])),
                 RPP=max(16, triton.next_power_of_2(Uprev.shape[1])), PRECISION=precision, CPREC=cprec,
                 EMULATE_BF16=not Y.is_cuda, num_warps=num_warps, **extra)
-    meta.update(NJ=nJ, J_FASTEST=bool(GRID_J_FASTEST))
+    meta.update(J_FASTEST=bool(GRID_J_FASTEST))
     return nJ, chunk, n_chunks, zt, meta
 
 
@@ -195,7 +195,7 @@ def triton_residual_contract(Y, H, UN, Uprev, zeta, mode: str, precision: str | 
     if Y.numel() == 0:
         return pn.sum(0), q.sum(0)
     _residual_contract_kernel[_grid(P, nJ, n_chunks, meta)](
-        Y, H, UN, Uprev, pn, q, P, I, J, RN, RP, chunk, zt, P * I * RN, I * RN, P * RP * J, RP * J,
+        Y, H, UN, Uprev, pn, q, P, I, J, RN, RP, chunk, zt, P * I * RN, I * RN, P * RP * J, RP * J, nJ,
         SOFT=(mode == "soft"), MISSING=bool(missing), **meta,
     )
     pn = pn[0] if nJ == 1 else pn.sum(0)
@@ -225,7 +225,7 @@ def triton_residual_parts(Y, H, UN, Uprev, zeta, mode: str, precision: str | Non
     if Y.numel() == 0:
         return Z.zero_(), nJ, n_chunks
     _residual_contract_kernel[_grid(P, nJ, n_chunks, meta)](
-        Y, H, UN, Uprev, Z, Z[:, nJ * I * RN:], P, I, J, RN, RP, chunk, zt, I * RN, L, RP * J, L,
+        Y, H, UN, Uprev, Z, Z[:, nJ * I * RN:], P, I, J, RN, RP, chunk, zt, I * RN, L, RP * J, L, nJ,
         SOFT=(mode == "soft"), MISSING=bool(missing), **meta,
     )
     return Z, nJ, n_chunks

@@ -450,7 +450,7 @@ class _GraphStep:
     def __init__(self, Y, factors, core, zeta, eta, mode, backend, observed_fraction=None, capture=True):
         self._buffers(factors, core)
         self.zeta = torch.full((1,), float(zeta), dtype=Y.dtype, device=Y.device)
-        self.launched = 0
+        self.launched = self._start = 0  # replays queued; the first one whose change may be read is _start + 1
         self._side = torch.cuda.Stream(Y.device) if (capture and Y.is_cuda) else None
         run = lambda: self._body(Y, eta, mode, backend, observed_fraction)  # noqa: E731
         if self._side is None:
@@ -477,7 +477,7 @@ class _GraphStep:
         for g in self._groups:  # (into the stacked buffers, if so)
             _copy_all(g, new)
         self.zeta.fill_(float(zeta))
-        self.launched = 0
+        self.launched = self._start = 0
 
     def _buffers(self, factors, core) -> None:
         """The static buffers of the current, the previous and the one-before iterate (``_groups``). Factors of one
@@ -535,9 +535,9 @@ class _GraphStep:
         return j
 
     def read(self, j: int) -> float:
-        """Wait for replay ``j`` and return the relative change of step ``j - 1`` it computed (``j >= 1``; at
-        most two replays may have been launched after it)."""
-        if not (1 <= j < self.launched <= j + 3):
+        """Wait for replay ``j`` and return the relative change of step ``j - 1`` it computed (``j`` after the
+        first replay since the start, the last reset or rollback; at most two replays launched after it)."""
+        if not (self._start + 1 <= j < self.launched <= j + 3):
             raise ValueError(f"replay {j} cannot be read: {self.launched} launched (keep at most 2 ahead)")
         if self.graph is None:
             return float(self._outs[j % 3])
@@ -545,10 +545,15 @@ class _GraphStep:
         return float(self._host[j % 3])
 
     def rollback(self, n: int) -> None:
-        """Undo the last ``n`` (1 or 2) queued steps (stream-ordered after them)."""
+        """Undo the last ``n`` (1 or 2) queued steps (stream-ordered after them). The iterate then restarts as
+        after :meth:`reset` (previous = current, so the next replay's change is 0 and is not read), and the changes
+        of the replays before cannot be read any more."""
         if n not in (1, 2):
             raise ValueError(f"can roll back 1 or 2 steps, not {n}")
         _copy_all(self._cur(), self._groups[n])
+        for g in self._groups[1:]:
+            _copy_all(g, self._cur())
+        self._start = self.launched
 
     def drive(self, zeta_at, max_iter: int, record) -> int:
         """Run steps ``k = 0, 1, ...`` at thresholds ``zeta_at(k)``; after each, ``record(change_k, zeta_at(k))``
@@ -597,7 +602,10 @@ def clear_graph_cache() -> None:
 
 
 def _graph_key(Y, factors, core, eta, mode, backend, observed_fraction):
-    return (Y.data_ptr(), tuple(Y.shape), Y.dtype, str(Y.device), tuple(tuple(U.shape) for U in factors),
+    import tensorkernels._triton_rpca as tr
+
+    switches = (OVERLAP_CHANGE, OVERLAP_PRECOND, tr.GRID_J_FASTEST, tr.DEFAULT_CONFIG, tr.CONTRACT_PRECISION)
+    return switches + (Y.data_ptr(), tuple(Y.shape), Y.dtype, str(Y.device), tuple(tuple(U.shape) for U in factors),
             tuple(core.shape), mode, backend, float(eta), observed_fraction, STEP_CONTRACT_PRECISION,
             torch.cuda.current_stream(Y.device).cuda_stream, torch.get_float32_matmul_precision(),
             torch.backends.cuda.matmul.allow_tf32)

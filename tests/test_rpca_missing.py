@@ -255,8 +255,16 @@ def test_pipelined_stopping_rule_gives_the_step_by_step_answer(monkeypatch, max_
 
 
 @pytest.mark.gpu
-def test_cuda_graph_pipelined_equals_eager_with_and_without_mask():
-    p = synthetic_rpca((40, 41, 42), (3, 3, 3), alpha=0.1, seed=5, dtype=torch.float32, device="cuda")
+@pytest.mark.parametrize("shape", [(40, 41, 42), (40, 40, 40)])  # per-mode r-space path; batched (stacked) path
+@pytest.mark.parametrize("overlap", [True, False])
+def test_cuda_graph_pipelined_equals_eager_with_and_without_mask(monkeypatch, shape, overlap):
+    """The captured step (with the change and, for a cube, the r-space preconditioners on a side stream, or all on
+    one stream) driven two replays ahead gives the eager loop's iterations and answer."""
+    import tensorrpca.scaledgd as sg
+
+    monkeypatch.setattr(sg, "OVERLAP_CHANGE", overlap)
+    sg.clear_graph_cache()
+    p = synthetic_rpca(shape, (3, 3, 3), alpha=0.1, seed=5, dtype=torch.float32, device="cuda")
     obs = _missing(p.Y.shape, 0.3).cuda()
     for m in (None, obs):
         a = rpca(p.Y, (3, 3, 3), mask=m)

@@ -595,17 +595,28 @@ def test_graph_step_buffers_step_roll_back_and_reset_like_eager_steps(shape, ran
         gs.read(0)
     with pytest.raises(ValueError, match="cannot be read"):
         gs.read(4)  # not launched yet
-    for n in (2, 1):
-        gs.rollback(n)
-        want_f, want_c = iterates[4 - n]
-        torch.testing.assert_close(gs.c, want_c, rtol=1e-12, atol=1e-14)
-        for a, b in zip(gs.f, want_f):
-            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    gs.rollback(2)  # back to the iterate after step 1; previous = current (a restart)
+    want_f, want_c = iterates[2]
+    torch.testing.assert_close(gs.c, want_c, rtol=1e-12, atol=1e-14)
+    for a, b in zip(gs.f, want_f):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    assert all(torch.equal(x, y) for g in gs._groups[1:] for x, y in zip(g, gs._groups[0]))
+    with pytest.raises(ValueError, match="cannot be read"):
+        gs.read(3)  # rolled back
+    assert gs.launch(1.0) == 4 and gs.launch(1.0) == 5
+    with pytest.raises(ValueError, match="cannot be read"):
+        gs.read(4)  # its change is previous == current after the restart: not a step's
+    assert gs.read(5) == pytest.approx(changes[2], rel=1e-10)  # step 2 again, from the rolled-back iterate
+    gs.rollback(1)
+    torch.testing.assert_close(gs.c, iterates[3][1], rtol=1e-12, atol=1e-14)
     with pytest.raises(ValueError, match="1 or 2"):
         gs.rollback(3)
-    gs.launch(1.0)  # three launched after replay 1: its slot is reused, the read is refused
+    for _ in range(4):
+        gs.launch(1.0)  # replays 6..9
+    assert gs.read(7) == pytest.approx(changes[3], rel=1e-10)  # two launched after it: still kept
+    gs.launch(1.0)  # three launched after replay 7: its slot is reused, the read is refused
     with pytest.raises(ValueError, match="cannot be read"):
-        gs.read(1)
+        gs.read(7)
     gs.reset(f0, c0, 2.0)
     torch.testing.assert_close(gs.c, c0)
     assert all(torch.equal(a, b) for g in gs._groups for a, b in zip(g[:-1] if not gs._stacked else g[0], f0))
@@ -616,7 +627,8 @@ def test_graph_step_buffers_step_roll_back_and_reset_like_eager_steps(shape, ran
 
 def test_step_with_a_precomputed_preconditioner_equals_the_plain_step():
     """The captured step hands scaledgd_step the iterate-only part of the batched r-space update (computed on a
-    side stream); called after the residual pass, it gives the plain step's result bit for bit."""
+    side stream): the step with it gives the plain step's result bit for bit, with and without missing entries, and
+    the non-batched path (factors of different shapes) does not call it."""
     import tensorrpca.scaledgd as sg
 
     p = synthetic_rpca((9, 9, 9), (2, 2, 2), kappa=2, alpha=0.1, seed=8, dtype=torch.float64)
