@@ -183,24 +183,17 @@ def _grid(P, nJ, n_chunks, meta):
 def triton_residual_contract(Y, H, UN, Uprev, zeta, mode: str, precision: str | None = None,
                              config: tuple | None = None, missing: bool = False,
                              contract_precision: str | None = None):
-    """``zeta``: float, or a 1-element device tensor read by the kernel (so a CUDA graph can replay the pass
-    with a new threshold). ``config``: ``(BI, BJ, num_warps[, num_stages])`` override (tuning). ``missing``: NaN
-    entries of ``Y`` get a zero residual. ``contract_precision``: see :data:`CONTRACT_PRECISION` (fp32 on GPU only)."""
-    Y, H, UN, Uprev = (t.contiguous() for t in (Y, H, UN, Uprev))
+    """``(PN, Q)`` of shapes ``(P, I, r_N)`` and ``(P, r_prev, J)``: :func:`triton_residual_parts` with its partial
+    sums added up. ``zeta``: float, or a 1-element device tensor read by the kernel (so a CUDA graph can replay the
+    pass with a new threshold). ``config``: ``(BI, BJ, num_warps[, num_stages])`` override (tuning). ``missing``:
+    NaN entries of ``Y`` get a zero residual. ``contract_precision``: see :data:`CONTRACT_PRECISION` (fp32 on GPU
+    only)."""
     P, I, J = Y.shape
     RN, RP = UN.shape[1], Uprev.shape[1]
-    nJ, chunk, n_chunks, zt, meta = _plan(Y, UN, Uprev, zeta, precision, config, contract_precision)
-    pn = torch.empty((nJ, P, I, RN), dtype=Y.dtype, device=Y.device)
-    q = torch.empty((n_chunks, P, RP, J), dtype=Y.dtype, device=Y.device)
-    if Y.numel() == 0:
-        return pn.sum(0), q.sum(0)
-    _residual_contract_kernel[_grid(P, nJ, n_chunks, meta)](
-        Y, H, UN, Uprev, pn, q, P, I, J, RN, RP, chunk, zt, P * I * RN, I * RN, P * RP * J, RP * J, nJ,
-        SOFT=(mode == "soft"), MISSING=bool(missing), **meta,
-    )
-    pn = pn[0] if nJ == 1 else pn.sum(0)
-    q = q[0] if n_chunks == 1 else q.sum(0)
-    return pn, q
+    Z, nJ, nC = triton_residual_parts(Y, H, UN, Uprev, zeta, mode, precision, config, missing, contract_precision)
+    pn = Z[:, :nJ * I * RN].reshape(P, nJ, I, RN)
+    q = Z[:, nJ * I * RN:].reshape(P, nC, RP, J)
+    return (pn[:, 0] if nJ == 1 else pn.sum(1)), (q[:, 0] if nC == 1 else q.sum(1))
 
 
 def triton_residual_parts(Y, H, UN, Uprev, zeta, mode: str, precision: str | None = None,

@@ -255,21 +255,20 @@ def scaledgd_step(
     N = Y.ndim
     factors = list(factors)
     missing = observed_fraction is not None
+    # T_i = R x_{j != i} U_j^T; core gradient C = R x_all U^T
     if _needs_grad(Y, factors, core, zeta, eta):
         PN, Q = residual_contractions(Y, factors, core, zeta, mode=mode, backend=backend, missing=missing)
         if missing:
             PN, Q = PN / observed_fraction, Q / observed_fraction
-        T, C = _grad_tensors(PN, Q, factors, N)  # T_i = R x_{j != i} U_j^T; core gradient C = R x_all U^T
+        T = gradients_from_contractions(PN, Q, factors)
+        C = _core_gradient(T[-1], factors[-1])
     else:
         T = residual_gradients(Y, core, factors, zeta, mode=mode, backend=backend, missing=missing,
                                contract_precision=STEP_CONTRACT_PRECISION)
         C = _core_gradient(T[-1], factors[-1])
         scale = 1.0 if not missing else 1.0 / observed_fraction
-        if _stackable(factors):
-            pre = None
-            if _pre is not None:  # (callable: the graph body's side stream, joined only now)
-                pre = _pre()
-            return _rspace_stacked(T, C, factors, core, eta, scale, pre=pre)
+        if _stackable(factors):  # _pre: the graph body's side stream, joined only now
+            return _rspace_stacked(T, C, factors, core, eta, scale, pre=_pre() if _pre is not None else None)
         if missing:
             T, C = [t * scale for t in T], C * scale
     # small tensors only from here on
@@ -293,14 +292,6 @@ def scaledgd_step(
 def _stackable(factors) -> bool:
     """All factors of one shape (a cube at equal ranks): the r-space update can run batched over the modes."""
     return len(factors) >= 2 and all(U.shape == factors[0].shape for U in factors)
-
-
-def _grad_tensors(PN, Q, factors, N):
-    """``T_i = R x_{j != i} U_j^T`` (``I_i`` at mode ``i``, ``r`` elsewhere) and the core gradient
-    ``C = R x_all U^T``, from the two contractions of the residual pass (the differentiable path)."""
-    T = gradients_from_contractions(PN, Q, factors)
-    C = multi_mode_product(T[0], [factors[0]], modes=[0], transpose=True, backend="torch")
-    return T, C
 
 
 def _core_gradient(T_last: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
